@@ -1,0 +1,551 @@
+"""Offline Implicit Q-Learning (IQL) on continuous-control Minari datasets (MuJoCo locomotion).
+
+Kostrikov, Nair & Levine, "Offline Reinforcement Learning with Implicit Q-Learning", ICLR 2022
+(arXiv 2110.06169). Defaults follow the authors' JAX code (github.com/ikostrikov/implicit_q_learning,
+"IK" below) for the MuJoCo locomotion datasets; comments say where a popular port differs.
+
+    python iql_continuous.py --env-id halfcheetah-medium-v2
+    MINARI_DATASETS_PATH=../shared/datasets python iql_continuous.py --env-id local/hopper/medium-replay-v0
+
+One update (paper Algorithm 1, IK `learner.py`):
+  1. V   <- expectile regression of V(s) on min(Q1_targ, Q2_targ)(s, a)
+  2. pi  <- advantage-weighted regression, weights exp(temperature * (Q_targ - V_new)), clipped at 100
+  3. Q   <- regression on r + gamma * mask * V_new(s')
+  4. Q_targ <- Polyak average of Q
+"""
+
+import math
+import os
+import random
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import NamedTuple, Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import tyro
+
+
+@dataclass
+class Args:
+    # --- experiment ---
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment (part of the run name)"""
+    seed: int = 1
+    """seed of the experiment (torch, numpy, random, evaluation episodes)"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, train on the GPU when one is available"""
+    track: bool = False
+    """if toggled, log to Weights & Biases (imported only then)"""
+    wandb_project_name: str = "iql"
+    """the Weights & Biases project name"""
+    wandb_entity: Optional[str] = None
+    """the Weights & Biases entity (team)"""
+    capture_video: bool = False
+    """if toggled, record the evaluation episodes of the first env under `videos/{run_name}`"""
+    save_model: bool = False
+    """if toggled, save every network and the Args to `runs/{run_name}/{exp_name}.pt` at the end"""
+
+    # --- data ---
+    env_id: str = "halfcheetah-medium-v2"
+    """a D4RL name (e.g. hopper-medium-expert-v2) or any Minari dataset id `namespace/name-vN`"""
+    normalize_reward: bool = True
+    """scale locomotion rewards by 1000 / (max - min trajectory return), as IK does"""
+
+    # --- algorithm ---
+    total_steps: int = 1_000_000
+    """number of gradient updates"""
+    batch_size: int = 256
+    """transitions per update"""
+    learning_rate: float = 3e-4
+    """Adam learning rate of the actor, critics and value (the actor's decays to 0 by a cosine)"""
+    gamma: float = 0.99
+    """discount factor"""
+    tau: float = 0.005
+    """Polyak rate of the target critics"""
+    expectile: float = 0.7
+    """expectile of the value regression (0.5 = mean, towards 1 = max over dataset actions)"""
+    temperature: float = 3.0
+    """inverse temperature beta of the advantage weights; 0 is plain behaviour cloning"""
+    max_weight: float = 100.0
+    """upper clip of the advantage weights exp(beta * A)"""
+    dropout: Optional[float] = None
+    """dropout rate after every hidden layer of the actor (None: no dropout)"""
+    hidden_dim: int = 256
+    """units in each of the two hidden layers of every network"""
+
+    # --- evaluation and logging ---
+    eval_freq: int = 5000
+    """evaluate every this many updates (and at the end)"""
+    eval_episodes: int = 10
+    """episodes per evaluation, run at once in a vector env"""
+    log_freq: int = 1000
+    """copy the losses off the device and log them every this many updates"""
+
+
+# D4RL locomotion names -> Minari ids (SPEC section 5). medium-expert is the two datasets concatenated,
+# as D4RL built it. medium-replay and random have no public Minari counterpart (Minari issue 318).
+LOCOMOTION_TASKS = ("halfcheetah", "hopper", "walker2d")
+D4RL_TO_MINARI = {
+    "medium": ["medium-v0"],
+    "expert": ["expert-v0"],
+    "medium-expert": ["medium-v0", "expert-v0"],
+    "medium-replay": None,
+    "random": None,
+}
+# D4RL reference returns (d4rl/infos.py): score = 100 * (R - min) / (max - min).
+D4RL_REF_SCORES = {
+    "hopper": (-20.272305, 3234.3),
+    "halfcheetah": (-280.178953, 12135.0),
+    "walker2d": (1.629008, 4592.3),
+}
+# The env spec id names the domain (not the dataset id): Hopper-v5 -> "hopper".
+ENV_TO_TASK = {"Hopper": "hopper", "HalfCheetah": "halfcheetah", "Walker2d": "walker2d"}
+MINARI_ID = re.compile(r"^[\w.-]+(/[\w.-]+)*/[\w.-]+-v\d+$")
+
+
+class UserError(Exception):
+    """A mistake in the command line or the data set-up: reported as one line, without a traceback."""
+
+
+def check_args(args: Args):
+    """Reject values the algorithm cannot use, before any heavy work."""
+    if not 0 < args.expectile < 1:
+        raise UserError(f"--expectile must be in (0, 1), got {args.expectile}")
+    if args.temperature < 0:
+        raise UserError(f"--temperature must be >= 0 (0 is behaviour cloning), got {args.temperature}")
+    if args.dropout is not None and not 0 <= args.dropout < 1:
+        raise UserError(f"--dropout must be in [0, 1), got {args.dropout}")
+    for name in ("total_steps", "batch_size", "eval_freq", "eval_episodes", "log_freq", "hidden_dim"):
+        if getattr(args, name) <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------
+def resolve_dataset_ids(env_id: str) -> list[str]:
+    """Map a D4RL name to the Minari ids to load (concatenated), or pass a Minari id through."""
+    m = re.fullmatch(r"(halfcheetah|hopper|walker2d)-([a-z-]+)-v2", env_id)
+    if m and m.group(2) in D4RL_TO_MINARI:
+        task, kind = m.groups()
+        names = D4RL_TO_MINARI[kind]
+        if names is None:
+            available = ", ".join(f"{task}-{k}-v2" for k, v in D4RL_TO_MINARI.items() if v)
+            raise UserError(
+                f"'{env_id}' has no Minari counterpart (Minari hosts no {kind} locomotion data; Minari issue 318). "
+                f"Available: {available}, or any Minari id such as mujoco/{task}/simple-v0."
+            )
+        return [f"mujoco/{task}/{name}" for name in names]
+    if "/" in env_id and MINARI_ID.match(env_id):
+        return [env_id]
+    raise UserError(
+        f"unknown env id '{env_id}'. Use a D4RL name {{halfcheetah,hopper,walker2d}}-"
+        f"{{medium,expert,medium-expert}}-v2 or a Minari dataset id namespace/name-vN (e.g. mujoco/hopper/medium-v0)."
+    )
+
+
+def load_minari_dataset(dataset_id: str):
+    """Load a dataset from MINARI_DATASETS_PATH, downloading it if it is not there."""
+    import minari
+
+    root = Path(os.environ.get("MINARI_DATASETS_PATH", Path.home() / ".minari" / "datasets"))
+    if (root / dataset_id / "data").is_dir():
+        return minari.load_dataset(dataset_id)
+    try:
+        return minari.load_dataset(dataset_id, download=True)
+    except Exception as e:  # no network, no huggingface_hub, or not on the server
+        raise UserError(
+            f"dataset '{dataset_id}' is not in {root} (MINARI_DATASETS_PATH) and could not be downloaded "
+            f"({type(e).__name__}). On a machine with network run `minari download {dataset_id}` and copy "
+            f"{root / dataset_id} here, or point MINARI_DATASETS_PATH at the folder that holds it."
+        ) from None
+
+
+def flatten_episodes(episodes) -> dict[str, np.ndarray]:
+    """Turn Minari episodes (T+1 observations each) into aligned transition arrays.
+
+    Truncated transitions are kept: their next observation is real, so they bootstrap (SPEC section 2).
+    `episode_ends` marks the last transition of each episode (for reward normalisation only).
+    """
+    parts = {k: [] for k in ("observations", "actions", "rewards", "next_observations", "terminals", "episode_ends")}
+    for ep in episodes:
+        n = len(ep.rewards)
+        parts["observations"].append(ep.observations[:-1])
+        parts["next_observations"].append(ep.observations[1:])
+        parts["actions"].append(ep.actions)
+        parts["rewards"].append(ep.rewards)
+        parts["terminals"].append(ep.terminations)
+        ends = np.zeros(n, dtype=bool)
+        ends[-1] = True
+        parts["episode_ends"].append(ends)
+    data = {k: np.concatenate(v) for k, v in parts.items()}
+    for k in ("observations", "actions", "rewards", "next_observations"):
+        data[k] = data[k].astype(np.float32)
+    data["terminals"] = data["terminals"].astype(bool)
+    # IK clips dataset actions so that log-probs stay finite near the bounds.
+    data["actions"] = np.clip(data["actions"], -1 + 1e-5, 1 - 1e-5)
+    return data
+
+
+def trajectory_ends(observations, next_observations, terminals, episode_ends) -> np.ndarray:
+    """Where a trajectory ends: a terminal, a known episode end, or (IK `dataset_utils.py`) a row whose
+    next observation differs from the following row's observation by more than 1e-6. The last row ends one."""
+    jump = np.linalg.norm(observations[1:] - next_observations[:-1], axis=-1) > 1e-6
+    ends = terminals | episode_ends
+    ends[:-1] |= jump
+    ends[-1] = True
+    return ends
+
+
+def reward_scale(rewards, ends) -> float:
+    """IK's locomotion reward normalisation: 1000 / (max - min undiscounted trajectory return)."""
+    traj_id = np.concatenate([[0], np.cumsum(ends[:-1])])
+    returns = np.bincount(traj_id, weights=rewards)
+    return 1000.0 / (returns.max() - returns.min())
+
+
+class Batch(NamedTuple):
+    observations: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    next_observations: torch.Tensor
+    masks: torch.Tensor  # 1 - terminal: 0 stops bootstrapping; truncations keep 1
+
+
+def sample_batch(data: Batch, batch_size: int) -> Batch:
+    """Uniform minibatch; the indices are drawn on the data's device (no host round trip)."""
+    idx = torch.randint(len(data.rewards), (batch_size,), device=data.rewards.device)
+    return Batch(*(x[idx] for x in data))
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses (pure functions of tensors)
+# ----------------------------------------------------------------------------------------------
+def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
+    """Asymmetric L2 of paper eq. 5: weight `expectile` where diff = q - v > 0, `1 - expectile` elsewhere."""
+    weight = torch.where(diff > 0, expectile, 1 - expectile)
+    return (weight * diff.square()).mean()
+
+
+def awr_loss(log_prob, advantage, temperature: float, max_weight: float):
+    """Advantage-weighted regression (paper eq. 7): -mean(min(exp(beta * A), max_weight) * log pi(a|s)).
+    The weights carry no gradient. Returns (loss, weights)."""
+    weights = torch.exp(temperature * advantage.detach()).clamp(max=max_weight)
+    return -(weights * log_prob).mean(), weights
+
+
+def td_target(rewards, masks, next_v, gamma: float) -> torch.Tensor:
+    """r + gamma * mask * V(s'): masks are 0 on terminal transitions only (truncations bootstrap)."""
+    return rewards + gamma * masks * next_v
+
+
+def q_loss(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Sum over the twin critics (leading axis) of their mean squared TD errors, as IK sums them."""
+    return (q - target).square().mean(dim=-1).sum()
+
+
+def gaussian_log_prob(actions, mean, log_std) -> torch.Tensor:
+    """log N(actions; mean, exp(log_std)), summed over action dimensions."""
+    z = (actions - mean) * torch.exp(-log_std)
+    return (-0.5 * z.square() - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def cosine_decay(step: int, total_steps: int) -> float:
+    """Actor LR multiplier: cosine from 1 to 0 over total_steps, then held at 0 (optax cosine_decay_schedule)."""
+    return 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+
+
+# ----------------------------------------------------------------------------------------------
+# Networks: 2x256 ReLU MLPs, orthogonal init with gain sqrt(2) and zero bias everywhere (IK `common.py`)
+# ----------------------------------------------------------------------------------------------
+def mlp(in_dim: int, out_dim: int, hidden_dim: int, dropout: Optional[float] = None) -> nn.Sequential:
+    layers = []
+    for d_in in (in_dim, hidden_dim):
+        layers += [nn.Linear(d_in, hidden_dim), nn.ReLU()]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+    layers.append(nn.Linear(hidden_dim, out_dim))
+    for layer in layers:
+        if isinstance(layer, nn.Linear):
+            nn.init.orthogonal_(layer.weight, gain=math.sqrt(2))
+            nn.init.zeros_(layer.bias)
+    return nn.Sequential(*layers)
+
+
+class TwinQ(nn.Module):
+    """Q1 and Q2 in one module: each layer's weights are stacked on a leading axis of 2, so both critics
+    run as one batched matmul per layer. Returns q of shape (2, batch)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, num_q: int = 2):
+        super().__init__()
+        sizes = [obs_dim + act_dim, hidden_dim, hidden_dim, 1]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for d_in, d_out in zip(sizes[:-1], sizes[1:]):
+            # orthogonal_ on each critic's (out, in) matrix, as nn.Linear stores it, then transposed for bmm
+            w = torch.stack([nn.init.orthogonal_(torch.empty(d_out, d_in), gain=math.sqrt(2)).T for _ in range(num_q)])
+            self.weights.append(nn.Parameter(w))
+            self.biases.append(nn.Parameter(torch.zeros(num_q, 1, d_out)))
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs, actions], -1).expand(len(self.weights[0]), -1, -1)
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x = torch.baddbmm(b, x, w)
+            if i < len(self.weights) - 1:
+                x = torch.relu(x)
+        return x.squeeze(-1)
+
+
+class Value(nn.Module):
+    def __init__(self, obs_dim: int, hidden_dim: int):
+        super().__init__()
+        self.net = mlp(obs_dim, 1, hidden_dim)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs).squeeze(-1)
+
+
+class Actor(nn.Module):
+    """Gaussian policy: mean = tanh(MLP(s)) (tanh on the mean, no squashed distribution, as IK `policy.py`)
+    and a state-independent log-std clamped to [-5, 2] (CORL uses -20 as the floor)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, dropout: Optional[float] = None):
+        super().__init__()
+        self.net = mlp(obs_dim, act_dim, hidden_dim, dropout)
+        self.log_std = nn.Parameter(torch.zeros(act_dim))
+
+    def forward(self, obs: torch.Tensor):
+        return torch.tanh(self.net(obs)), self.log_std.clamp(-5.0, 2.0)
+
+    def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        mean, log_std = self(obs)
+        return gaussian_log_prob(actions, mean, log_std)
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        """Deterministic evaluation action (the mean), with dropout off."""
+        was_training = self.training
+        self.eval()
+        mean, _ = self(obs)
+        self.train(was_training)
+        return mean.clamp(-1.0, 1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# One IQL update (paper Algorithm 1; IK `learner.py`: value, then actor and critic with the new V, then target)
+# ----------------------------------------------------------------------------------------------
+def update(batch: Batch, actor, critic, target_critic, value, actor_opt, critic_opt, value_opt, args: Args):
+    obs, actions, rewards, next_obs, masks = batch
+    with torch.no_grad():
+        target_q = target_critic(obs, actions).min(0).values  # reused by the value and the actor step
+
+    # 1. Value: expectile regression on the target critics' minimum.
+    value_loss = expectile_loss(target_q - value(obs), args.expectile)
+    value_opt.zero_grad(set_to_none=True)
+    value_loss.backward()
+    value_opt.step()
+
+    # V_new(s) and V_new(s') in one forward. IK uses the updated V for both the advantage and the TD target;
+    # CORL and IQL-PyTorch use the V from before its step.
+    with torch.no_grad():
+        v, next_v = value(torch.cat([obs, next_obs])).chunk(2)
+    advantage = target_q - v
+
+    # 2. Actor: advantage-weighted regression on the dataset actions.
+    actor_loss, weights = awr_loss(actor.log_prob(obs, actions), advantage, args.temperature, args.max_weight)
+    actor_opt.zero_grad(set_to_none=True)
+    actor_loss.backward()
+    actor_opt.step()
+
+    # 3. Critics: regression on r + gamma * mask * V_new(s').
+    critic_loss = q_loss(critic(obs, actions), td_target(rewards, masks, next_v, args.gamma))
+    critic_opt.zero_grad(set_to_none=True)
+    critic_loss.backward()
+    critic_opt.step()
+
+    # 4. Polyak averaging of the target critics, one foreach kernel over all parameters.
+    with torch.no_grad():
+        torch._foreach_lerp_(list(target_critic.parameters()), list(critic.parameters()), args.tau)
+
+    return {
+        "losses/value_loss": value_loss.detach(),
+        "losses/actor_loss": actor_loss.detach(),
+        "losses/q_loss": critic_loss.detach(),
+        "charts/advantage_mean": advantage.mean(),
+        "charts/weight_mean": weights.mean(),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------------------------
+def make_eval_envs(env_spec, num_envs: int, render: bool = False) -> gym.vector.VectorEnv:
+    """A sync vector env of the dataset's eval env; with render, the first env renders rgb frames."""
+    kwargs = [{"render_mode": "rgb_array"} if render and i == 0 else {} for i in range(num_envs)]
+    return gym.vector.SyncVectorEnv([lambda kw=kw: gym.make(env_spec, **kw) for kw in kwargs])
+
+
+def evaluate(actor: Actor, envs: gym.vector.SyncVectorEnv, seeds: list[int], device, frames=None) -> np.ndarray:
+    """One full episode per env with the deterministic action; returns each env's undiscounted return.
+
+    Gymnasium's vector envs autoreset on the step after an episode ends, so each env's first episode
+    is counted through a done mask and later steps are ignored. With `frames` (a list), the first env's
+    episode is rendered into it.
+    """
+    obs, _ = envs.reset(seed=seeds)
+    returns = np.zeros(envs.num_envs)
+    done = np.zeros(envs.num_envs, dtype=bool)
+    while not done.all():
+        if frames is not None and not done[0]:
+            frames.append(envs.envs[0].render())
+        action = actor.act(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
+        obs, reward, terminated, truncated, _ = envs.step(action)
+        returns += np.where(done, 0.0, reward)
+        done |= terminated | truncated
+    return returns
+
+
+def reference_scores(dataset, env_task: Optional[str]):
+    """(min, max, source) for the normalised score: the dataset's own, else D4RL's, else None."""
+    meta = dataset.storage.metadata
+    if meta.get("ref_min_score") is not None and meta.get("ref_max_score") is not None:
+        return meta["ref_min_score"], meta["ref_max_score"], "the dataset's ref_min_score/ref_max_score"
+    if env_task in D4RL_REF_SCORES:
+        return (*D4RL_REF_SCORES[env_task], f"D4RL's {env_task} constants (d4rl/infos.py)")
+    return None, None, "no reference scores in the dataset and no D4RL constants for this env"
+
+
+def load_data(args: Args, device):
+    """Load, flatten and transform the dataset(s); returns (Batch on device, first dataset, info dict)."""
+    datasets = [load_minari_dataset(i) for i in resolve_dataset_ids(args.env_id)]
+    first = datasets[0]
+    if isinstance(first.observation_space, gym.spaces.Dict):
+        raise UserError(
+            f"'{args.env_id}' has dict observations ({', '.join(first.observation_space.spaces)}): "
+            "this script takes flat observations; use iql_antmaze.py for goal-conditioned maze data."
+        )
+    data = flatten_episodes(ep for d in datasets for ep in d.iterate_episodes())
+    env_name = first.env_spec.name if first.env_spec is not None else ""
+    task = ENV_TO_TASK.get(env_name)
+    scale = 1.0
+    if args.normalize_reward and task is not None:
+        ends = trajectory_ends(data["observations"], data["next_observations"], data["terminals"], data["episode_ends"])
+        scale = reward_scale(data["rewards"], ends)
+    elif args.normalize_reward:
+        print(f"note: reward normalisation is for locomotion only; {env_name or 'this env'} keeps its rewards")
+    batch = Batch(
+        observations=torch.from_numpy(data["observations"]),
+        actions=torch.from_numpy(data["actions"]),
+        rewards=torch.from_numpy(data["rewards"] * np.float32(scale)),
+        next_observations=torch.from_numpy(data["next_observations"]),
+        masks=torch.from_numpy(1.0 - data["terminals"].astype(np.float32)),
+    )
+    return Batch(*(x.to(device) for x in batch)), first, {"task": task, "reward_scale": scale}
+
+
+def main(args: Args):
+    check_args(args)
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}".replace("/", "-")
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                   config=vars(args), name=run_name, save_code=True)
+
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    # Data: the whole dataset lives on the training device.
+    t0 = time.time()
+    data, dataset, info = load_data(args, device)
+    n, obs_dim = data.observations.shape
+    act_dim = data.actions.shape[1]
+    print(f"loaded {args.env_id}: {n:,} transitions, obs {obs_dim}, action {act_dim}, "
+          f"reward scale {info['reward_scale']:.4g} ({time.time() - t0:.1f}s) on {device}")
+    if args.batch_size > n:
+        raise UserError(f"--batch-size {args.batch_size} is larger than the dataset ({n} transitions)")
+
+    eval_spec = dataset.recover_environment(eval_env=True).spec
+    ref_min, ref_max, ref_source = reference_scores(dataset, info["task"])
+    print(f"normalised score from {ref_source}" + ("" if ref_min is not None else ": logging the return only"))
+    if dataset.spec.dataset_id.startswith("mujoco/"):
+        print("note: Minari's mujoco/* datasets were regenerated on -v5 envs; scores are not comparable with D4RL's")
+    envs = make_eval_envs(eval_spec, args.eval_episodes, render=args.capture_video)
+    eval_rng = np.random.default_rng(args.seed)  # fresh, reproducible episode seeds for every evaluation
+
+    actor = Actor(obs_dim, act_dim, args.hidden_dim, args.dropout).to(device)
+    critic = TwinQ(obs_dim, act_dim, args.hidden_dim).to(device)
+    value = Value(obs_dim, args.hidden_dim).to(device)
+    target_critic = TwinQ(obs_dim, act_dim, args.hidden_dim).to(device)
+    target_critic.load_state_dict(critic.state_dict())
+    target_critic.requires_grad_(False)
+
+    # Adam with torch defaults (IK: no weight decay, no clipping); fused kernels on CPU and GPU.
+    actor_opt = torch.optim.Adam(actor.parameters(), lr=args.learning_rate, fused=True)
+    critic_opt = torch.optim.Adam(critic.parameters(), lr=args.learning_rate, fused=True)
+    value_opt = torch.optim.Adam(value.parameters(), lr=args.learning_rate, fused=True)
+    actor_schedule = torch.optim.lr_scheduler.LambdaLR(actor_opt, lambda step: cosine_decay(step, args.total_steps))
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    writer.add_text("dataset", f"{args.env_id} -> {', '.join(resolve_dataset_ids(args.env_id))}; "
+                               f"{n} transitions; reward scale {info['reward_scale']}; scores from {ref_source}")
+
+    start_time = time.time()
+    for step in range(1, args.total_steps + 1):
+        metrics = update(sample_batch(data, args.batch_size), actor, critic, target_critic, value,
+                         actor_opt, critic_opt, value_opt, args)
+        actor_schedule.step()
+
+        if step % args.log_freq == 0:
+            values = torch.stack(list(metrics.values())).tolist()  # the only host sync between evaluations
+            for tag, v in zip(metrics, values):
+                writer.add_scalar(tag, v, step)
+            writer.add_scalar("charts/actor_lr", actor_schedule.get_last_lr()[0], step)
+            writer.add_scalar("charts/SPS", int(step / (time.time() - start_time)), step)
+
+        if step % args.eval_freq == 0 or step == args.total_steps:
+            frames = [] if args.capture_video else None
+            returns = evaluate(actor, envs, eval_rng.integers(2**31, size=args.eval_episodes).tolist(), device, frames)
+            if frames:
+                from gymnasium.utils.save_video import save_video  # needs moviepy
+
+                save_video(frames, f"videos/{run_name}", fps=envs.envs[0].metadata["render_fps"],
+                           name_prefix=f"eval-step-{step}", episode_trigger=lambda _: True)
+            writer.add_scalar("charts/episodic_return", returns.mean(), step)
+            line = f"step {step:>8,}  return {returns.mean():9.2f} +- {returns.std():7.2f}"
+            if ref_min is not None:
+                score = 100 * (returns.mean() - ref_min) / (ref_max - ref_min)
+                writer.add_scalar("charts/normalized_score", score, step)
+                line += f"  normalized {score:7.2f}"
+            print(f"{line}  SPS {int(step / (time.time() - start_time))}", flush=True)
+
+    if args.save_model:
+        path = f"runs/{run_name}/{args.exp_name}.pt"
+        torch.save({"args": asdict(args), "obs_dim": obs_dim, "act_dim": act_dim, "reward_scale": info["reward_scale"],
+                    "actor": actor.state_dict(), "critic": critic.state_dict(),
+                    "target_critic": target_critic.state_dict(), "value": value.state_dict()}, path)
+        print(f"model saved to {path}")
+    envs.close()
+    writer.close()
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    try:
+        main(args)
+    except UserError as e:  # user mistakes: one line, no traceback
+        sys.exit(f"error: {e}")

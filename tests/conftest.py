@@ -1,0 +1,74 @@
+"""Shared fixtures: tiny real Minari datasets, written once per session under a temporary MINARI_DATASETS_PATH.
+
+The data come from the real Hopper-v5 environment (random actions), so loading, flattening and evaluation
+run through the same code paths as on downloaded datasets. Nothing here reads ../shared.
+"""
+
+import os
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # never reach for the network from tests
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+HOPPER_REF = (-20.272305, 3234.3)
+MAX_STEPS = 40  # short episodes: some end by termination (the hopper falls), the rest by truncation
+
+
+def rollout_buffers(env, num_episodes: int, seed: int):
+    from minari.data_collector import EpisodeBuffer
+
+    rng = np.random.default_rng(seed)
+    buffers = []
+    for ep in range(num_episodes):
+        obs, _ = env.reset(seed=seed + ep)
+        observations, actions, rewards, terms, truncs = [obs], [], [], [], []
+        done = False
+        while not done:
+            action = rng.uniform(-1, 1, env.action_space.shape).astype(np.float32)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            observations.append(obs)
+            actions.append(action)
+            rewards.append(reward)
+            terms.append(terminated)
+            truncs.append(truncated)
+            done = terminated or truncated
+        buffers.append(EpisodeBuffer(observations=observations, actions=actions, rewards=rewards,
+                                     terminations=terms, truncations=truncs))
+    return buffers
+
+
+def make_hopper_dataset(dataset_id: str, num_episodes: int, seed: int, ref_scores=HOPPER_REF):
+    import minari
+
+    env = gym.make("Hopper-v5", max_episode_steps=MAX_STEPS)
+    buffers = rollout_buffers(env, num_episodes, seed)
+    kwargs = dict(ref_min_score=ref_scores[0], ref_max_score=ref_scores[1]) if ref_scores else {}
+    minari.create_dataset_from_buffers(dataset_id, buffers, env=env, eval_env=env.spec,
+                                       algorithm_name="random", author="tests",
+                                       author_email="tests@example.org", code_permalink="tests/conftest.py",
+                                       description="random Hopper-v5 episodes for tests", **kwargs)
+    env.close()
+    return buffers
+
+
+@pytest.fixture(scope="session")
+def minari_root(tmp_path_factory):
+    """A MINARI_DATASETS_PATH holding `test/hopper/random-v0` (with reference scores), `test/hopper/noref-v0`
+    (without), and `mujoco/hopper/{medium,expert}-v0` stand-ins for the D4RL name mapping."""
+    root = tmp_path_factory.mktemp("minari")
+    old = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(root)
+    buffers = {
+        "test/hopper/random-v0": make_hopper_dataset("test/hopper/random-v0", 12, seed=0),
+        "test/hopper/noref-v0": make_hopper_dataset("test/hopper/noref-v0", 2, seed=100, ref_scores=None),
+        "mujoco/hopper/medium-v0": make_hopper_dataset("mujoco/hopper/medium-v0", 3, seed=200),
+        "mujoco/hopper/expert-v0": make_hopper_dataset("mujoco/hopper/expert-v0", 2, seed=300),
+    }
+    yield root, buffers
+    if old is None:
+        os.environ.pop("MINARI_DATASETS_PATH", None)
+    else:
+        os.environ["MINARI_DATASETS_PATH"] = old
