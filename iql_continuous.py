@@ -14,6 +14,7 @@ One update (paper Algorithm 1, IK `learner.py`):
   4. Q_targ <- Polyak average of Q
 """
 
+import copy
 import math
 import os
 import random
@@ -80,6 +81,10 @@ class Args:
     """dropout rate after every hidden layer of the actor (None: no dropout)"""
     hidden_dim: int = 256
     """units in each of the two hidden layers of every network"""
+    compile: bool = False
+    """if toggled, run the update through `torch.compile`"""
+    cudagraphs: bool = False
+    """if toggled (CUDA only), capture one update in a CUDA graph and replay it every step"""
 
     # --- evaluation and logging ---
     eval_freq: int = 5000
@@ -121,6 +126,8 @@ def check_args(args: Args):
         raise UserError(f"--expectile must be in (0, 1), got {args.expectile}")
     if args.temperature < 0:
         raise UserError(f"--temperature must be >= 0 (0 is behaviour cloning), got {args.temperature}")
+    if args.cudagraphs and not (args.cuda and torch.cuda.is_available()):
+        raise UserError("--cudagraphs needs a CUDA device (and --cuda)")
     if args.dropout is not None and not 0 <= args.dropout < 1:
         raise UserError(f"--dropout must be in [0, 1), got {args.dropout}")
     for name in ("total_steps", "batch_size", "eval_freq", "eval_episodes", "log_freq", "hidden_dim"):
@@ -186,9 +193,9 @@ def flatten_episodes(episodes) -> dict[str, np.ndarray]:
         ends = np.zeros(n, dtype=bool)
         ends[-1] = True
         parts["episode_ends"].append(ends)
-    data = {k: np.concatenate(v) for k, v in parts.items()}
+    data = {k: np.concatenate(v) for k, v in parts.items() if k in ("terminals", "episode_ends")}
     for k in ("observations", "actions", "rewards", "next_observations"):
-        data[k] = data[k].astype(np.float32)
+        data[k] = np.concatenate(parts[k], dtype=np.float32)  # casts while copying, in one pass
     data["terminals"] = data["terminals"].astype(bool)
     # IK clips dataset actions so that log-probs stay finite near the bounds.
     data["actions"] = np.clip(data["actions"], -1 + 1e-5, 1 - 1e-5)
@@ -331,17 +338,21 @@ class Actor(nn.Module):
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor) -> torch.Tensor:
-        """Deterministic evaluation action (the mean), with dropout off."""
-        was_training = self.training
-        self.eval()
+        """Deterministic evaluation action: the mean, clipped to [-1, 1]. Call `.eval()` first if there is dropout."""
         mean, _ = self(obs)
-        self.train(was_training)
         return mean.clamp(-1.0, 1.0)
 
 
 # ----------------------------------------------------------------------------------------------
 # One IQL update (paper Algorithm 1; IK `learner.py`: value, then actor and critic with the new V, then target)
 # ----------------------------------------------------------------------------------------------
+@torch.compiler.disable  # under --compile the losses are compiled; the (fused) optimizer steps stay as they are
+def optimizer_step(optimizer, loss):
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
 def update(batch: Batch, actor, critic, target_critic, value, actor_opt, critic_opt, value_opt, args: Args):
     obs, actions, rewards, next_obs, masks = batch
     with torch.no_grad():
@@ -349,9 +360,7 @@ def update(batch: Batch, actor, critic, target_critic, value, actor_opt, critic_
 
     # 1. Value: expectile regression on the target critics' minimum.
     value_loss = expectile_loss(target_q - value(obs), args.expectile)
-    value_opt.zero_grad(set_to_none=True)
-    value_loss.backward()
-    value_opt.step()
+    optimizer_step(value_opt, value_loss)
 
     # V_new(s) and V_new(s') in one forward. IK uses the updated V for both the advantage and the TD target;
     # CORL and IQL-PyTorch use the V from before its step.
@@ -361,15 +370,11 @@ def update(batch: Batch, actor, critic, target_critic, value, actor_opt, critic_
 
     # 2. Actor: advantage-weighted regression on the dataset actions.
     actor_loss, weights = awr_loss(actor.log_prob(obs, actions), advantage, args.temperature, args.max_weight)
-    actor_opt.zero_grad(set_to_none=True)
-    actor_loss.backward()
-    actor_opt.step()
+    optimizer_step(actor_opt, actor_loss)
 
     # 3. Critics: regression on r + gamma * mask * V_new(s').
     critic_loss = q_loss(critic(obs, actions), td_target(rewards, masks, next_v, args.gamma))
-    critic_opt.zero_grad(set_to_none=True)
-    critic_loss.backward()
-    critic_opt.step()
+    optimizer_step(critic_opt, critic_loss)
 
     # 4. Polyak averaging of the target critics, one foreach kernel over all parameters.
     with torch.no_grad():
@@ -382,6 +387,79 @@ def update(batch: Batch, actor, critic, target_critic, value, actor_opt, critic_
         "charts/advantage_mean": advantage.mean(),
         "charts/weight_mean": weights.mean(),
     }
+
+
+def make_networks(obs_dim: int, act_dim: int, args: Args, device):
+    """The actor, twin critics, their target copy, the value, their Adam optimisers and the actor's schedule."""
+    device = torch.device(device)
+    actor = Actor(obs_dim, act_dim, args.hidden_dim, args.dropout).to(device)
+    critic = TwinQ(obs_dim, act_dim, args.hidden_dim).to(device)
+    target_critic = copy.deepcopy(critic).requires_grad_(False)
+    value = Value(obs_dim, args.hidden_dim).to(device)
+
+    # Adam with torch defaults (IK: no weight decay, no clipping), fused kernels. The learning rate is a tensor
+    # that the schedule fills in place, so a captured CUDA graph sees each new value.
+    def adam(module):
+        lr = torch.tensor(args.learning_rate, device=device)
+        return torch.optim.Adam(module.parameters(), lr=lr, fused=True, capturable=device.type == "cuda")
+
+    optimizers = (adam(actor), adam(critic), adam(value))
+    actor_schedule = torch.optim.lr_scheduler.LambdaLR(optimizers[0], lambda t: cosine_decay(t, args.total_steps))
+    return actor, critic, target_critic, value, optimizers, actor_schedule
+
+
+def make_train_step(data: Batch, networks, args: Args, mode: Optional[str] = None):
+    """step() samples a batch, runs one update and advances the actor's schedule; it returns the metrics (tensors).
+
+    mode None runs eagerly, "compile" through torch.compile, "cudagraphs" replays a captured CUDA graph.
+    """
+    actor, critic, target_critic, value, optimizers, actor_schedule = networks
+
+    def sample_and_update():
+        return update(sample_batch(data, args.batch_size), actor, critic, target_critic, value, *optimizers, args)
+
+    fn = sample_and_update
+    if mode == "compile":
+        fn = torch.compile(sample_and_update)
+    elif mode == "cudagraphs":
+        fn = cuda_graph(sample_and_update)
+
+    def step():
+        metrics = fn()
+        actor_schedule.step()
+        return metrics
+
+    return step
+
+
+def cuda_graph(fn, warmup: int = 3):
+    """Each call runs fn once: the first `warmup` calls eagerly on a side stream (so that Adam's state and the
+    gradients exist), then one capture, then graph replays. Falls back to eager calls where capture fails."""
+    graph, outputs, calls, stream = None, None, 0, torch.cuda.Stream()
+
+    def call():
+        nonlocal graph, outputs, calls
+        calls += 1
+        if calls <= warmup or graph is False:
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                result = fn()
+            torch.cuda.current_stream().wait_stream(stream)
+            return result
+        if graph is None:
+            try:
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    outputs = fn()
+            except RuntimeError as e:
+                print(f"warning: CUDA graph capture failed ({e}); the update runs eagerly")
+                graph = False
+                calls -= 1
+                return call()
+        graph.replay()
+        return outputs
+
+    return call
 
 
 # ----------------------------------------------------------------------------------------------
@@ -400,6 +478,7 @@ def evaluate(actor: Actor, envs: gym.vector.SyncVectorEnv, seeds: list[int], dev
     is counted through a done mask and later steps are ignored. With `frames` (a list), the first env's
     episode is rendered into it.
     """
+    actor.eval()  # dropout off
     obs, _ = envs.reset(seed=seeds)
     returns = np.zeros(envs.num_envs)
     done = np.zeros(envs.num_envs, dtype=bool)
@@ -410,6 +489,7 @@ def evaluate(actor: Actor, envs: gym.vector.SyncVectorEnv, seeds: list[int], dev
         obs, reward, terminated, truncated, _ = envs.step(action)
         returns += np.where(done, 0.0, reward)
         done |= terminated | truncated
+    actor.train()
     return returns
 
 
@@ -484,18 +564,10 @@ def main(args: Args):
     envs = make_eval_envs(eval_spec, args.eval_episodes, render=args.capture_video)
     eval_rng = np.random.default_rng(args.seed)  # fresh, reproducible episode seeds for every evaluation
 
-    actor = Actor(obs_dim, act_dim, args.hidden_dim, args.dropout).to(device)
-    critic = TwinQ(obs_dim, act_dim, args.hidden_dim).to(device)
-    value = Value(obs_dim, args.hidden_dim).to(device)
-    target_critic = TwinQ(obs_dim, act_dim, args.hidden_dim).to(device)
-    target_critic.load_state_dict(critic.state_dict())
-    target_critic.requires_grad_(False)
-
-    # Adam with torch defaults (IK: no weight decay, no clipping); fused kernels on CPU and GPU.
-    actor_opt = torch.optim.Adam(actor.parameters(), lr=args.learning_rate, fused=True)
-    critic_opt = torch.optim.Adam(critic.parameters(), lr=args.learning_rate, fused=True)
-    value_opt = torch.optim.Adam(value.parameters(), lr=args.learning_rate, fused=True)
-    actor_schedule = torch.optim.lr_scheduler.LambdaLR(actor_opt, lambda step: cosine_decay(step, args.total_steps))
+    networks = make_networks(obs_dim, act_dim, args, device)
+    actor, critic, target_critic, value, _, actor_schedule = networks
+    mode = "cudagraphs" if args.cudagraphs else "compile" if args.compile else None
+    train_step = make_train_step(data, networks, args, mode)
 
     from torch.utils.tensorboard import SummaryWriter
 
@@ -506,15 +578,13 @@ def main(args: Args):
 
     start_time = time.time()
     for step in range(1, args.total_steps + 1):
-        metrics = update(sample_batch(data, args.batch_size), actor, critic, target_critic, value,
-                         actor_opt, critic_opt, value_opt, args)
-        actor_schedule.step()
+        metrics = train_step()
 
         if step % args.log_freq == 0:
             values = torch.stack(list(metrics.values())).tolist()  # the only host sync between evaluations
             for tag, v in zip(metrics, values):
                 writer.add_scalar(tag, v, step)
-            writer.add_scalar("charts/actor_lr", actor_schedule.get_last_lr()[0], step)
+            writer.add_scalar("charts/actor_lr", float(actor_schedule.get_last_lr()[0]), step)
             writer.add_scalar("charts/SPS", int(step / (time.time() - start_time)), step)
 
         if step % args.eval_freq == 0 or step == args.total_steps:

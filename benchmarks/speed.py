@@ -1,0 +1,330 @@
+"""Speed of the IQL scripts, measured in one process: updates/s, dataset loading, evaluation cost.
+
+    python benchmarks/speed.py                 # CPU
+    python benchmarks/speed.py --device cuda   # GPU (adds the CUDA-graph path)
+
+1. Updates/s at the paper's shapes (batch 256, obs 17, act 6, 2x256 MLPs) of each script's own `update`,
+   next to a plain-eager baseline written the way popular PyTorch IQL code is (two separate Q modules, numpy
+   indices gathered per step, `.item()` per loss per step, a Python loop for the target update, an LR scheduler
+   step). The variants are interleaved over several rounds in this one process, so machine noise hits them all;
+   the median of the rounds and the ratio to the baseline are reported.
+2. The time to turn a 1M-step Minari dataset (HalfCheetah-v5 shapes; built once and cached under
+   benchmarks/cache/) into device tensors with the script's own loader.
+3. Evaluation cost: `eval_episodes` vectorised episodes with the policy versus the same number of vector-env
+   steps taken with a fixed action and no policy.
+
+Prints a table and writes JSON (`--out`). Needs only what requirements.txt installs.
+"""
+
+import copy
+import importlib
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import tyro
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SCRIPTS = [s for s in ("iql_continuous", "iql_antmaze", "iql_finetune") if (ROOT / f"{s}.py").exists()]
+
+
+@dataclass
+class Args:
+    device: str = "cpu"
+    """torch device to benchmark on (cpu, cuda)"""
+    threads: Optional[int] = None
+    """torch CPU threads (None: torch's default)"""
+    rounds: int = 5
+    """interleaved rounds per variant; the median is reported"""
+    updates_per_round: int = 200
+    """updates timed in each round"""
+    compile: bool = False
+    """also time `torch.compile` of each script's update (slow to compile on a small CPU)"""
+    dataset_steps: int = 1_000_000
+    """size of the dataset built for the loading benchmark (0 skips it)"""
+    eval_episodes: int = 10
+    """episodes in the evaluation benchmark (0 skips it)"""
+    out: str = "benchmarks/speed.json"
+    """where the JSON results go"""
+
+
+OBS, ACT, HIDDEN, BATCH, DATA = 17, 6, 256, 256, 100_000
+
+
+# ----------------------------------------------------------------------------------------------
+# The baseline: eager PyTorch IQL as popular ports write it (CORL-style structure and host syncs).
+# ----------------------------------------------------------------------------------------------
+def baseline_mlp(dims):
+    layers = []
+    for i in range(len(dims) - 1):
+        layers.append(nn.Linear(dims[i], dims[i + 1]))
+        if i < len(dims) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class BaselineTwinQ(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.q1 = baseline_mlp([OBS + ACT, HIDDEN, HIDDEN, 1])
+        self.q2 = baseline_mlp([OBS + ACT, HIDDEN, HIDDEN, 1])
+
+    def both(self, s, a):
+        sa = torch.cat([s, a], 1)
+        return self.q1(sa).squeeze(-1), self.q2(sa).squeeze(-1)
+
+    def forward(self, s, a):
+        return torch.min(*self.both(s, a))
+
+
+class BaselinePolicy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = baseline_mlp([OBS, HIDDEN, HIDDEN, ACT])
+        self.log_std = nn.Parameter(torch.zeros(ACT))
+
+    def forward(self, s):
+        mean = torch.tanh(self.net(s))
+        return torch.distributions.Normal(mean, torch.exp(self.log_std.clamp(-5.0, 2.0)))
+
+
+class Baseline:
+    """One IQL step per `train()`: numpy indices, per-loss `.item()`, a Python Polyak loop, a scheduler step."""
+
+    def __init__(self, data, device):
+        self.data, self.device = data, device
+        self.qf, self.vf, self.actor = BaselineTwinQ().to(device), baseline_mlp([OBS, HIDDEN, HIDDEN, 1]).to(device), BaselinePolicy().to(device)
+        self.q_target = copy.deepcopy(self.qf).requires_grad_(False)
+        self.q_opt = torch.optim.Adam(self.qf.parameters(), lr=3e-4)
+        self.v_opt = torch.optim.Adam(self.vf.parameters(), lr=3e-4)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=3e-4)
+        self.actor_sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.actor_opt, 1_000_000)
+
+    def train(self):
+        idx = np.random.randint(0, len(self.data[0]), size=BATCH)
+        s, a, r, s2, d = [x[idx] for x in self.data]
+        log = {}
+        with torch.no_grad():
+            target_q = self.q_target(s, a)
+            next_v = self.vf(s2).squeeze(-1)
+        v = self.vf(s).squeeze(-1)
+        adv = target_q - v
+        v_loss = (torch.abs(0.7 - (adv < 0).float()) * adv**2).mean()
+        log["value_loss"] = v_loss.item()
+        self.v_opt.zero_grad()
+        v_loss.backward()
+        self.v_opt.step()
+        targets = r + (1.0 - d) * 0.99 * next_v.detach()
+        qs = self.qf.both(s, a)
+        q_loss = sum(nn.functional.mse_loss(q, targets) for q in qs) / len(qs)
+        log["q_loss"] = q_loss.item()
+        self.q_opt.zero_grad()
+        q_loss.backward()
+        self.q_opt.step()
+        for tp, sp in zip(self.q_target.parameters(), self.qf.parameters()):
+            tp.data.copy_((1 - 0.005) * tp.data + 0.005 * sp.data)
+        exp_adv = torch.exp(3.0 * adv.detach()).clamp(max=100.0)
+        bc_losses = -self.actor(s).log_prob(a).sum(-1)
+        policy_loss = torch.mean(exp_adv * bc_losses)
+        log["actor_loss"] = policy_loss.item()
+        self.actor_opt.zero_grad()
+        policy_loss.backward()
+        self.actor_opt.step()
+        self.actor_sched.step()
+        return log
+
+
+# ----------------------------------------------------------------------------------------------
+# Each script's own update
+# ----------------------------------------------------------------------------------------------
+class ScriptUpdate:
+    def __init__(self, module, data, device, compile_mode: Optional[str] = None):
+        m = self.m = module
+        self.args = m.Args(total_steps=1_000_000)
+        self.data = m.Batch(*data)
+        nets = m.make_networks(OBS, ACT, self.args, device)
+        self.actor, self.critic, self.target_critic, self.value, self.opts, self.schedule = nets
+        self.step_fn = m.make_train_step(self.data, nets, self.args, compile_mode)
+
+    def train(self):
+        return self.step_fn()
+
+
+def make_data(device):
+    g = torch.Generator().manual_seed(0)
+    data = [torch.randn(DATA, OBS, generator=g), torch.rand(DATA, ACT, generator=g) * 2 - 1,
+            torch.randn(DATA, generator=g), torch.randn(DATA, OBS, generator=g), torch.zeros(DATA)]
+    return [x.to(device) for x in data]
+
+
+def sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_updates(variants: dict, args: Args) -> dict:
+    """Interleave the variants round by round; returns {name: [updates/s per round]}."""
+    rates = {name: [] for name in variants}
+    for v in variants.values():  # warm-up (and compilation / graph capture)
+        for _ in range(20):
+            v.train()
+        sync(args.device)
+    for r in range(args.rounds):
+        for name, v in variants.items():
+            sync(args.device)
+            t = time.perf_counter()
+            for _ in range(args.updates_per_round):
+                v.train()
+            sync(args.device)
+            rates[name].append(args.updates_per_round / (time.perf_counter() - t))
+        print(f"  round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {x[-1]:.0f}/s" for n, x in rates.items()), flush=True)
+    return rates
+
+
+# ----------------------------------------------------------------------------------------------
+# Dataset loading and evaluation
+# ----------------------------------------------------------------------------------------------
+def build_cached_dataset(steps: int) -> str:
+    """A HalfCheetah-v5-shaped Minari dataset of `steps` transitions (1000-step episodes), built once."""
+    import minari
+    from minari.data_collector import EpisodeBuffer
+
+    os.environ["MINARI_DATASETS_PATH"] = str(ROOT / "benchmarks" / "cache")
+    dataset_id = f"bench/halfcheetah/random-{steps}-v0"
+    if (ROOT / "benchmarks" / "cache" / dataset_id / "data").is_dir():
+        return dataset_id
+    import gymnasium as gym
+
+    print(f"building {dataset_id} (once) ...", flush=True)
+    env = gym.make("HalfCheetah-v5")
+    rng = np.random.default_rng(0)
+    buffers = []
+    for _ in range(steps // 1000):
+        buffers.append(EpisodeBuffer(
+            observations=rng.standard_normal((1001, OBS)), actions=rng.uniform(-1, 1, (1000, ACT)).astype(np.float32),
+            rewards=rng.standard_normal(1000), terminations=np.zeros(1000, bool),
+            truncations=np.eye(1000, dtype=bool)[-1]))
+    minari.create_dataset_from_buffers(dataset_id, buffers, env=env, algorithm_name="random", author="benchmark",
+                                       author_email="-", code_permalink="benchmarks/speed.py",
+                                       description="random arrays with HalfCheetah-v5 shapes, for load timing")
+    return dataset_id
+
+
+def time_dataset(args: Args) -> dict:
+    m = importlib.import_module(SCRIPTS[0])
+    dataset_id = build_cached_dataset(args.dataset_steps)
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        data, _, _ = m.load_data(m.Args(env_id=dataset_id), torch.device(args.device))
+        sync(args.device)
+        times.append(time.perf_counter() - t)
+    return {"transitions": len(data.rewards), "seconds": min(times), "all_seconds": times}
+
+
+class RecordingActor:
+    """Acts like the actor and keeps every batch of actions it returns."""
+
+    def __init__(self, actor):
+        self.actor, self.actions = actor, []
+
+    def eval(self):
+        self.actor.eval()
+
+    def train(self):
+        self.actor.train()
+
+    def act(self, obs):
+        action = self.actor.act(obs)
+        self.actions.append(action.cpu().numpy())
+        return action
+
+
+def time_evaluation(args: Args) -> dict:
+    """The script's vectorised evaluation, then the same env steps again (same seeds, the recorded actions
+    replayed) with no policy: the difference is the cost of acting. Medians over `rounds` interleaved pairs."""
+    import gymnasium as gym
+
+    m = importlib.import_module(SCRIPTS[0])
+    spec = gym.make("HalfCheetah-v5").spec
+    envs = m.make_eval_envs(spec, args.eval_episodes)
+    actor = RecordingActor(m.Actor(OBS, ACT, HIDDEN).to(args.device))
+    seeds = list(range(args.eval_episodes))
+    m.evaluate(actor, envs, seeds, args.device)  # warm-up
+    t_policy, t_bare = [], []
+    for _ in range(args.rounds):  # interleaved, like the update timings
+        actor.actions.clear()
+        t = time.perf_counter()
+        m.evaluate(actor, envs, seeds, args.device)
+        t_policy.append(time.perf_counter() - t)
+        envs.reset(seed=seeds)
+        t = time.perf_counter()
+        for action in actor.actions:
+            envs.step(action)
+        t_bare.append(time.perf_counter() - t)
+    t_policy, t_bare = statistics.median(t_policy), statistics.median(t_bare)
+    envs.close()
+    return {"episodes": args.eval_episodes, "vector_steps": len(actor.actions), "policy_seconds": t_policy,
+            "bare_env_seconds": t_bare, "ratio": t_policy / t_bare}
+
+
+def main(args: Args):
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    device = args.device
+    results = {"date": time.strftime("%Y-%m-%d"), "device": device, "torch": torch.__version__,
+               "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+               "cpu_count": os.cpu_count()}
+    if torch.device(device).type == "cuda":
+        results["gpu"] = torch.cuda.get_device_name()
+
+    print(f"updates/s, batch {BATCH}, obs {OBS}, act {ACT}, {HIDDEN}x{HIDDEN} MLPs, device {device}, "
+          f"{torch.get_num_threads()} threads")
+    data = make_data(device)
+    variants = {"baseline": Baseline(data, device)}
+    for name in SCRIPTS:
+        module = importlib.import_module(name)
+        variants[name] = ScriptUpdate(module, data, device)
+        if args.compile:
+            variants[f"{name} --compile"] = ScriptUpdate(module, data, device, "compile")
+        if torch.device(device).type == "cuda":
+            variants[f"{name} --cudagraphs"] = ScriptUpdate(module, data, device, "cudagraphs")
+    rates = time_updates(variants, args)
+    base = statistics.median(rates["baseline"])
+    results["updates_per_s"] = {n: {"median": statistics.median(r), "rounds": r, "ratio": statistics.median(r) / base}
+                                for n, r in rates.items()}
+
+    if args.dataset_steps:
+        results["dataset"] = time_dataset(args)
+    if args.eval_episodes:
+        results["evaluation"] = time_evaluation(args)
+
+    print(f"\n| variant | updates/s (median of {args.rounds}) | x baseline |\n|---|---|---|")
+    for n, r in results["updates_per_s"].items():
+        print(f"| {n} | {r['median']:.0f} | {r['ratio']:.2f} |")
+    if "dataset" in results:
+        d = results["dataset"]
+        print(f"\ndataset: {d['transitions']:,} transitions to {device} tensors in {d['seconds']:.2f} s (best of 3)")
+    if "evaluation" in results:
+        e = results["evaluation"]
+        print(f"evaluation: {e['episodes']} episodes x {e['vector_steps']} steps: {e['policy_seconds']:.2f} s with the "
+              f"policy, {e['bare_env_seconds']:.2f} s bare env stepping ({e['ratio']:.2f}x)")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

@@ -1,0 +1,98 @@
+"""The fast paths compute the same update as the plain eager one."""
+
+import copy
+
+import pytest
+import torch
+
+import iql_continuous as iql
+
+
+def networks_and_batch(seed=0):
+    torch.manual_seed(seed)
+    args = iql.Args(hidden_dim=64, total_steps=100)
+    nets = iql.make_networks(5, 2, args, "cpu")
+    g = torch.Generator().manual_seed(seed)
+    batch = iql.Batch(torch.randn(32, 5, generator=g), torch.rand(32, 2, generator=g) * 2 - 1,
+                      torch.randn(32, generator=g), torch.randn(32, 5, generator=g),
+                      (torch.rand(32, generator=g) > 0.2).float())
+    return args, nets, batch
+
+
+def run(update_fn, nets, batch, args, steps=2):
+    actor, critic, target_critic, value, optimizers, schedule = nets
+    for _ in range(steps):  # two steps, so that Adam's state and the schedule are exercised as well
+        metrics = update_fn(batch, actor, critic, target_critic, value, *optimizers, args)
+        schedule.step()
+    return metrics
+
+
+def all_tensors(nets):
+    actor, critic, target_critic, value, optimizers, _ = nets
+    tensors = {}
+    for name, module in (("actor", actor), ("critic", critic), ("target_critic", target_critic), ("value", value)):
+        tensors.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
+    for i, opt in enumerate(optimizers):
+        for j, state in enumerate(opt.state.values()):
+            tensors.update({f"opt{i}.{j}.{k}": v for k, v in state.items()})
+    return tensors
+
+
+def test_compiled_update_matches_eager():
+    args, nets, batch = networks_and_batch()
+    _, nets_fast, _ = networks_and_batch()  # same seed: an identical copy, optimizers and schedule included
+    before = {k: v.clone() for k, v in all_tensors(nets).items()}
+    m_plain = run(iql.update, nets, batch, args)
+    m_fast = run(torch.compile(iql.update), nets_fast, batch, args)
+    plain, fast = all_tensors(nets), all_tensors(nets_fast)
+    assert plain.keys() == fast.keys() and len(plain) > 20
+    for k in plain:
+        torch.testing.assert_close(fast[k], plain[k], rtol=1e-5, atol=1e-6, msg=k)
+    for k in m_plain:
+        torch.testing.assert_close(m_fast[k], m_plain[k], rtol=1e-5, atol=1e-6)
+    # and the update did change every trained parameter
+    for k in before:
+        if k.split(".")[0] in ("actor", "critic", "value", "target_critic"):
+            assert not torch.equal(before[k], plain[k]), k
+
+
+def test_update_matches_a_plain_reference():
+    """One step against the algorithm written out with separate modules and torch.distributions."""
+    args, nets, batch = networks_and_batch(seed=1)
+    actor, critic, target_critic, value, _, _ = copy.deepcopy(nets)
+    obs, actions, rewards, next_obs, masks = batch
+    lr = args.learning_rate
+
+    def adam_step(module, loss):  # a fresh Adam's first step: p -= lr * g / (|g| + eps)
+        grads = torch.autograd.grad(loss, list(module.parameters()), allow_unused=True)
+        with torch.no_grad():
+            for p, g in zip(module.parameters(), grads):
+                if g is not None:
+                    p -= lr * g / (g.abs() + 1e-8)
+
+    q_targ = torch.minimum(*target_critic(obs, actions)).detach()
+    u = q_targ - value(obs)
+    adam_step(value, (torch.where(u < 0, 1 - args.expectile, args.expectile) * u**2).mean())
+    v, v_next = value(obs).detach(), value(next_obs).detach()
+    mean, log_std = actor(obs)
+    dist = torch.distributions.Normal(mean, log_std.exp())
+    w = torch.exp(args.temperature * (q_targ - v)).clamp(max=args.max_weight)
+    adam_step(actor, -(w * dist.log_prob(actions).sum(-1)).mean())
+    y = rewards + args.gamma * masks * v_next
+    q1, q2 = critic(obs, actions)
+    adam_step(critic, ((q1 - y) ** 2).mean() + ((q2 - y) ** 2).mean())
+    with torch.no_grad():
+        for pt, p in zip(target_critic.parameters(), critic.parameters()):
+            pt.copy_(0.995 * pt + 0.005 * p)
+
+    run(iql.update, nets, batch, args, steps=1)
+    for mine, ref in zip((nets[0], nets[1], nets[2], nets[3]), (actor, critic, target_critic, value)):
+        for (k, a), b in zip(mine.state_dict().items(), ref.state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_cudagraphs_needs_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(iql.UserError, match="--cudagraphs needs a CUDA device"):
+        iql.check_args(iql.Args(cudagraphs=True))
