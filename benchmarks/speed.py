@@ -94,8 +94,10 @@ class BaselinePolicy(nn.Module):
         self.log_std = nn.Parameter(torch.zeros(ACT))
 
     def forward(self, s):
+        # CORL and IQL-PyTorch build a MultivariateNormal with a diagonal scale_tril
         mean = torch.tanh(self.net(s))
-        return torch.distributions.Normal(mean, torch.exp(self.log_std.clamp(-5.0, 2.0)))
+        scale_tril = torch.diag(torch.exp(self.log_std.clamp(-5.0, 2.0)))
+        return torch.distributions.MultivariateNormal(mean, scale_tril=scale_tril)
 
 
 class Baseline:
@@ -134,7 +136,7 @@ class Baseline:
         for tp, sp in zip(self.q_target.parameters(), self.qf.parameters()):
             tp.data.copy_((1 - 0.005) * tp.data + 0.005 * sp.data)
         exp_adv = torch.exp(3.0 * adv.detach()).clamp(max=100.0)
-        bc_losses = -self.actor(s).log_prob(a).sum(-1)
+        bc_losses = -self.actor(s).log_prob(a)
         policy_loss = torch.mean(exp_adv * bc_losses)
         log["actor_loss"] = policy_loss.item()
         self.actor_opt.zero_grad()
