@@ -40,7 +40,7 @@ class Args:
     seed: int = 1
     """seed of the experiment (torch, numpy, random, evaluation episodes)"""
     torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    """if toggled, `torch.backends.cudnn.deterministic=True` (CleanRL's flag; CPU runs are deterministic anyway)"""
     cuda: bool = True
     """if toggled, train on the GPU when one is available"""
     track: bool = False
@@ -70,7 +70,7 @@ class Args:
     gamma: float = 0.99
     """discount factor"""
     tau: float = 0.005
-    """Polyak rate of the target critics"""
+    """Polyak rate of the target critics (IK's name; the paper's tau is the expectile)"""
     expectile: float = 0.7
     """expectile of the value regression (0.5 = mean, towards 1 = max over dataset actions)"""
     temperature: float = 3.0
@@ -128,6 +128,13 @@ def check_args(args: Args):
         raise UserError(f"--temperature must be >= 0 (0 is behaviour cloning), got {args.temperature}")
     if args.cudagraphs and not (args.cuda and torch.cuda.is_available()):
         raise UserError("--cudagraphs needs a CUDA device (and --cuda)")
+    if args.cudagraphs and args.compile:
+        raise UserError("choose one of --compile and --cudagraphs")
+    if args.track:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise UserError("--track needs Weights & Biases: pip install wandb") from None
     if args.dropout is not None and not 0 <= args.dropout < 1:
         raise UserError(f"--dropout must be in [0, 1), got {args.dropout}")
     for name in ("total_steps", "batch_size", "eval_freq", "eval_episodes", "log_freq", "hidden_dim"):
@@ -169,9 +176,10 @@ def load_minari_dataset(dataset_id: str):
     try:
         return minari.load_dataset(dataset_id, download=True)
     except Exception as e:  # no network, no huggingface_hub, or not on the server
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0][:150]}" if str(e) else type(e).__name__
         raise UserError(
             f"dataset '{dataset_id}' is not in {root} (MINARI_DATASETS_PATH) and could not be downloaded "
-            f"({type(e).__name__}). On a machine with network run `minari download {dataset_id}` and copy "
+            f"({reason}). On a machine with network run `minari download {dataset_id}` and copy "
             f"{root / dataset_id} here, or point MINARI_DATASETS_PATH at the folder that holds it."
         ) from None
 
@@ -216,6 +224,8 @@ def reward_scale(rewards, ends) -> float:
     """IK's locomotion reward normalisation: 1000 / (max - min undiscounted trajectory return)."""
     traj_id = np.concatenate([[0], np.cumsum(ends[:-1])])
     returns = np.bincount(traj_id, weights=rewards)
+    if returns.max() == returns.min():
+        raise UserError("reward normalisation needs trajectories with different returns; use --no-normalize-reward")
     return 1000.0 / (returns.max() - returns.min())
 
 
@@ -389,7 +399,16 @@ def update(batch: Batch, actor, critic, target_critic, value, actor_opt, critic_
     }
 
 
-def make_networks(obs_dim: int, act_dim: int, args: Args, device):
+class Networks(NamedTuple):
+    actor: nn.Module
+    critic: nn.Module
+    target_critic: nn.Module
+    value: nn.Module
+    optimizers: tuple  # Adam for the actor, the critics and the value, in that order
+    actor_schedule: torch.optim.lr_scheduler.LRScheduler
+
+
+def make_networks(obs_dim: int, act_dim: int, args: Args, device) -> Networks:
     """The actor, twin critics, their target copy, the value, their Adam optimisers and the actor's schedule."""
     device = torch.device(device)
     actor = Actor(obs_dim, act_dim, args.hidden_dim, args.dropout).to(device)
@@ -405,10 +424,10 @@ def make_networks(obs_dim: int, act_dim: int, args: Args, device):
 
     optimizers = (adam(actor), adam(critic), adam(value))
     actor_schedule = torch.optim.lr_scheduler.LambdaLR(optimizers[0], lambda t: cosine_decay(t, args.total_steps))
-    return actor, critic, target_critic, value, optimizers, actor_schedule
+    return Networks(actor, critic, target_critic, value, optimizers, actor_schedule)
 
 
-def make_train_step(data: Batch, networks, args: Args, mode: Optional[str] = None):
+def make_train_step(data: Batch, networks: Networks, args: Args, mode: Optional[str] = None):
     """step() samples a batch, runs one update and advances the actor's schedule; it returns the metrics (tensors).
 
     mode None runs eagerly, "compile" through torch.compile, "cudagraphs" replays a captured CUDA graph.
@@ -440,7 +459,9 @@ def cuda_graph(fn, warmup: int = 3):
     def call():
         nonlocal graph, outputs, calls
         calls += 1
-        if calls <= warmup or graph is False:
+        if graph is False:  # capture failed: plain eager calls from now on
+            return fn()
+        if calls <= warmup:
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
                 result = fn()
@@ -451,11 +472,11 @@ def cuda_graph(fn, warmup: int = 3):
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph):
                     outputs = fn()
-            except RuntimeError as e:
-                print(f"warning: CUDA graph capture failed ({e}); the update runs eagerly")
+            except Exception as e:
+                print(f"warning: CUDA graph capture failed ({str(e).splitlines()[0][:200]}); the update runs eagerly")
+                torch.cuda.synchronize()
                 graph = False
-                calls -= 1
-                return call()
+                return fn()
         graph.replay()
         return outputs
 
@@ -505,7 +526,8 @@ def reference_scores(dataset, env_task: Optional[str]):
 
 def load_data(args: Args, device):
     """Load, flatten and transform the dataset(s); returns (Batch on device, first dataset, info dict)."""
-    datasets = [load_minari_dataset(i) for i in resolve_dataset_ids(args.env_id)]
+    dataset_ids = resolve_dataset_ids(args.env_id)
+    datasets = [load_minari_dataset(i) for i in dataset_ids]
     first = datasets[0]
     if isinstance(first.observation_space, gym.spaces.Dict):
         raise UserError(
@@ -519,8 +541,10 @@ def load_data(args: Args, device):
     if args.normalize_reward and task is not None:
         ends = trajectory_ends(data["observations"], data["next_observations"], data["terminals"], data["episode_ends"])
         scale = reward_scale(data["rewards"], ends)
-    elif args.normalize_reward:
-        print(f"note: reward normalisation is for locomotion only; {env_name or 'this env'} keeps its rewards")
+    else:  # SPEC section 2: only the locomotion defaults are built in so far
+        print(f"note: {env_name or 'this env'} is not a locomotion env: its rewards stay unscaled, and the defaults "
+              "(expectile 0.7, temperature 3, no dropout) are the locomotion ones; IK uses 0.7 / 0.5 / dropout 0.1 "
+              "for Adroit and Kitchen")
     batch = Batch(
         observations=torch.from_numpy(data["observations"]),
         actions=torch.from_numpy(data["actions"]),
@@ -528,18 +552,13 @@ def load_data(args: Args, device):
         next_observations=torch.from_numpy(data["next_observations"]),
         masks=torch.from_numpy(1.0 - data["terminals"].astype(np.float32)),
     )
-    return Batch(*(x.to(device) for x in batch)), first, {"task": task, "reward_scale": scale}
+    info = {"task": task, "reward_scale": scale, "dataset_ids": dataset_ids}
+    return Batch(*(x.to(device) for x in batch)), first, info
 
 
 def main(args: Args):
     check_args(args)
     run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}".replace("/", "-")
-    if args.track:
-        import wandb
-
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
-                   config=vars(args), name=run_name, save_code=True)
-
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -562,6 +581,15 @@ def main(args: Args):
     if dataset.spec.dataset_id.startswith("mujoco/"):
         print("note: Minari's mujoco/* datasets were regenerated on -v5 envs; scores are not comparable with D4RL's")
     envs = make_eval_envs(eval_spec, args.eval_episodes, render=args.capture_video)
+    if args.capture_video:  # fail now, not at the first evaluation
+        try:
+            from gymnasium.utils.save_video import save_video
+
+            envs.reset(seed=args.seed)
+            envs.envs[0].render()
+        except Exception as e:
+            raise UserError(f"--capture-video cannot render ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                            "on a headless machine set MUJOCO_GL=egl (or osmesa), and pip install moviepy") from None
     eval_rng = np.random.default_rng(args.seed)  # fresh, reproducible episode seeds for every evaluation
 
     networks = make_networks(obs_dim, act_dim, args, device)
@@ -569,13 +597,19 @@ def main(args: Args):
     mode = "cudagraphs" if args.cudagraphs else "compile" if args.compile else None
     train_step = make_train_step(data, networks, args, mode)
 
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                   config=vars(args), name=run_name, save_code=True)
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(f"runs/{run_name}")
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
-    writer.add_text("dataset", f"{args.env_id} -> {', '.join(resolve_dataset_ids(args.env_id))}; "
+    writer.add_text("dataset", f"{args.env_id} -> {', '.join(info['dataset_ids'])}; "
                                f"{n} transitions; reward scale {info['reward_scale']}; scores from {ref_source}")
 
+    evaluations = []  # (step, mean return, normalised score or None)
     start_time = time.time()
     for step in range(1, args.total_steps + 1):
         metrics = train_step()
@@ -591,17 +625,23 @@ def main(args: Args):
             frames = [] if args.capture_video else None
             returns = evaluate(actor, envs, eval_rng.integers(2**31, size=args.eval_episodes).tolist(), device, frames)
             if frames:
-                from gymnasium.utils.save_video import save_video  # needs moviepy
-
                 save_video(frames, f"videos/{run_name}", fps=envs.envs[0].metadata["render_fps"],
                            name_prefix=f"eval-step-{step}", episode_trigger=lambda _: True)
             writer.add_scalar("charts/episodic_return", returns.mean(), step)
             line = f"step {step:>8,}  return {returns.mean():9.2f} +- {returns.std():7.2f}"
+            score = None
             if ref_min is not None:
                 score = 100 * (returns.mean() - ref_min) / (ref_max - ref_min)
                 writer.add_scalar("charts/normalized_score", score, step)
                 line += f"  normalized {score:7.2f}"
+            evaluations.append((step, returns.mean(), score))
             print(f"{line}  SPS {int(step / (time.time() - start_time))}", flush=True)
+
+    # Report the final evaluation; the best one is labelled as such (it is selected on the evaluation itself).
+    key = 2 if ref_min is not None else 1
+    final, best = evaluations[-1], max(evaluations, key=lambda e: e[key])
+    print(f"final (step {final[0]:,}): {'normalized' if key == 2 else 'return'} {final[key]:.2f}; "
+          f"best evaluation (step {best[0]:,}): {best[key]:.2f}")
 
     if args.save_model:
         path = f"runs/{run_name}/{args.exp_name}.pt"

@@ -46,6 +46,11 @@ def test_reward_normalisation_three_trajectories():
     assert iql.reward_scale(rewards, ends) == pytest.approx(1000 / 33)
 
 
+def test_reward_normalisation_refuses_zero_span():
+    with pytest.raises(iql.UserError, match="different returns"):
+        iql.reward_scale(np.array([1.0, 2.0, 3.0]), np.array([0, 0, 1], bool))  # a single trajectory
+
+
 def test_known_episode_end_splits_even_without_jump():
     obs = np.array([[0.0], [1.0], [2.0]])
     next_obs = np.array([[1.0], [2.0], [3.0]])  # continuous, but an episode ended after row 0
@@ -85,7 +90,7 @@ def test_load_data_masks_scale_and_device(minari_root):
     torch.testing.assert_close(data.masks, torch.from_numpy(1.0 - raw["terminals"].astype(np.float32)))
     assert info["task"] == "hopper"  # from the env spec Hopper-v5, not from the dataset id
     ends = iql.trajectory_ends(raw["observations"], raw["next_observations"], raw["terminals"], raw["episode_ends"])
-    np.testing.assert_array_equal(ends, raw["episode_ends"])  # boundaries found by both rules agree here
+    np.testing.assert_array_equal(ends, raw["episode_ends"])  # the jump rule adds no split inside an episode
     assert info["reward_scale"] == pytest.approx(iql.reward_scale(raw["rewards"], ends))
     torch.testing.assert_close(data.rewards, torch.from_numpy(raw["rewards"] * np.float32(info["reward_scale"])))
     assert all(x.dtype == torch.float32 for x in data)

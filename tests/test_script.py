@@ -67,6 +67,7 @@ def test_end_to_end_run_logs_and_saves(minari_root, tmp_path):
     (["--env-id", "cartpole"], "unknown env id"),
     (["--env-id", "test/hopper/absent-v0"], "could not be downloaded"),
     (["--env-id", "test/hopper/random-v0", "--expectile", "1.5"], "--expectile must be in (0, 1)"),
+    (["--env-id", "test/hopper/random-v0", "--batch-size", "100000"], "larger than the dataset"),
 ])
 def test_bad_input_is_one_line(minari_root, tmp_path, flags, message):
     out = run_script(tmp_path, *flags, timeout=120)
@@ -76,25 +77,34 @@ def test_bad_input_is_one_line(minari_root, tmp_path, flags, message):
     assert "Traceback" not in out.stderr
 
 
-def test_evaluate_counts_first_episode_only_and_renders(minari_root):
-    """Vector evaluation: each env's first episode only (autoreset rows are ignored); env 0 can render."""
-    spec = gym.make("Hopper-v5", max_episode_steps=20).spec
-    envs = iql.make_eval_envs(spec, 3, render=True)
+def test_evaluate_counts_first_episode_only():
+    """Vector evaluation counts each env's first episode only: envs with horizons 3, 8 and 20 finish at different
+    steps, and the early ones keep stepping through new episodes that must not be added."""
+    horizons = (3, 8, 20)
+    envs = gym.vector.SyncVectorEnv([lambda h=h: gym.make("Hopper-v5", max_episode_steps=h) for h in horizons])
+    torch.manual_seed(0)
     actor = iql.Actor(11, 3, 16)
-    frames = []
-    try:
-        returns = iql.evaluate(actor, envs, [1, 2, 3], "cpu", frames)
-    except Exception as e:  # no OpenGL context on this machine (set MUJOCO_GL=egl or osmesa)
-        pytest.skip(f"no MuJoCo renderer here: {e}")
-    # Replay each seed alone in a plain env with the same actions: the returns must agree.
-    for i, seed in enumerate([1, 2, 3]):
-        env = gym.make(spec)
+    returns = iql.evaluate(actor, envs, [1, 2, 3], "cpu")
+    lengths = []
+    for i, (seed, h) in enumerate(zip([1, 2, 3], horizons)):  # replay each env alone with the same actions
+        env = gym.make("Hopper-v5", max_episode_steps=h)
         obs, _ = env.reset(seed=seed)
-        total, done = 0.0, False
+        total, done, n = 0.0, False, 0
         while not done:
             obs, r, term, trunc, _ = env.step(actor.act(torch.as_tensor(obs, dtype=torch.float32)).numpy())
-            total += r
-            done = term or trunc
+            total, done, n = total + r, term or trunc, n + 1
+        lengths.append(n)
         assert returns[i] == pytest.approx(total, rel=1e-5)
-    assert 0 < len(frames) <= 20 and frames[0].ndim == 3
+    assert lengths[-1] - lengths[0] >= 3, lengths  # env 0 ran real steps of a second episode
+    envs.close()
+
+
+def test_evaluate_renders_first_env():
+    envs = iql.make_eval_envs(gym.make("Hopper-v5", max_episode_steps=15).spec, 2, render=True)
+    frames = []
+    try:
+        iql.evaluate(iql.Actor(11, 3, 16), envs, [1, 2], "cpu", frames)
+    except Exception as e:  # no OpenGL context on this machine (set MUJOCO_GL=egl or osmesa)
+        pytest.skip(f"no MuJoCo renderer here: {e}")
+    assert 0 < len(frames) <= 15 and frames[0].ndim == 3 and frames[0].shape[-1] == 3
     envs.close()
