@@ -1,0 +1,630 @@
+"""Offline Implicit Q-Learning (IQL) on sparse-reward goal mazes: AntMaze and PointMaze Minari datasets.
+
+Kostrikov, Nair & Levine, "Offline Reinforcement Learning with Implicit Q-Learning", ICLR 2022
+(arXiv 2110.06169). Defaults follow the authors' JAX code (github.com/ikostrikov/implicit_q_learning,
+"IK" below) for AntMaze: expectile 0.9, temperature 10, rewards r - 1, 100 evaluation episodes every 100k updates.
+
+    python iql_antmaze.py --env-id antmaze-umaze-v2
+    MINARI_DATASETS_PATH=../shared/datasets python iql_antmaze.py --env-id local/pointmaze/umaze-v0 \
+        --total-steps 30000 --eval-freq 5000 --eval-episodes 20
+
+The update is the same as in iql_continuous.py (the shared code is copied on purpose and tested to stay identical).
+What differs here: observations are dicts (network input = achieved_goal + observation + desired_goal), rewards are
+shifted to r - 1 with a terminal where r > 0, and evaluation runs episodic mazes scored by success rate.
+
+One update (paper Algorithm 1, IK `learner.py`):
+  1. V   <- expectile regression of V(s) on min(Q1_targ, Q2_targ)(s, a)
+  2. pi  <- advantage-weighted regression, weights exp(temperature * (Q_targ - V_new)), clipped at 100
+  3. Q   <- regression on r + gamma * mask * V_new(s')
+  4. Q_targ <- Polyak average of Q
+"""
+
+import copy
+import math
+import os
+import random
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import NamedTuple, Optional
+
+import gymnasium as gym
+import gymnasium_robotics
+import numpy as np
+import torch
+import torch.nn as nn
+import tyro
+
+gym.register_envs(gymnasium_robotics)  # AntMaze_* and PointMaze_* envs
+
+
+@dataclass
+class Args:
+    # --- experiment ---
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment (part of the run name)"""
+    seed: int = 1
+    """seed of the experiment (torch, numpy, random, evaluation episodes)"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True` (CleanRL's flag; CPU runs are deterministic anyway)"""
+    cuda: bool = True
+    """if toggled, train on the GPU when one is available"""
+    track: bool = False
+    """if toggled, log to Weights & Biases (imported only then)"""
+    wandb_project_name: str = "iql"
+    """the Weights & Biases project name"""
+    wandb_entity: Optional[str] = None
+    """the Weights & Biases entity (team)"""
+    capture_video: bool = False
+    """if toggled, record the evaluation episodes of the first env under `videos/{run_name}`"""
+    save_model: bool = False
+    """if toggled, save every network and the Args to `runs/{run_name}/{exp_name}.pt` at the end"""
+
+    # --- data ---
+    env_id: str = "antmaze-umaze-v2"
+    """a D4RL name (antmaze-*-v0/v2, maze2d-*-v1) or any Minari dataset id `namespace/name-vN` with maze observations"""
+    goal_input: bool = True
+    """append desired_goal to the network input (--no-goal-input: D4RL's input, achieved_goal + observation)"""
+
+    # --- algorithm ---
+    total_steps: int = 1_000_000
+    """number of gradient updates"""
+    batch_size: int = 256
+    """transitions per update"""
+    learning_rate: float = 3e-4
+    """Adam learning rate of the actor, critics and value (the actor's decays to 0 by a cosine)"""
+    gamma: float = 0.99
+    """discount factor"""
+    tau: float = 0.005
+    """Polyak rate of the target critics (IK's name; the paper's tau is the expectile)"""
+    expectile: float = 0.9
+    """expectile of the value regression (0.5 = mean, towards 1 = max over dataset actions)"""
+    temperature: float = 10.0
+    """inverse temperature beta of the advantage weights; 0 is plain behaviour cloning"""
+    max_weight: float = 100.0
+    """upper clip of the advantage weights exp(beta * A)"""
+    dropout: Optional[float] = None
+    """dropout rate after every hidden layer of the actor (None: no dropout)"""
+    hidden_dim: int = 256
+    """units in each of the two hidden layers of every network"""
+    compile: bool = False
+    """if toggled, run the update through `torch.compile`"""
+    cudagraphs: bool = False
+    """if toggled (CUDA only), capture one update in a CUDA graph and replay it every step"""
+
+    # --- evaluation and logging ---
+    eval_freq: int = 100_000
+    """evaluate every this many updates (and at the end)"""
+    eval_episodes: int = 100
+    """episodes per evaluation, run at once in a vector env"""
+    log_freq: int = 1000
+    """copy the losses off the device and log them every this many updates"""
+
+
+# D4RL maze names -> Minari ids (SPEC section 5). Minari's AntMaze "play"/"diverse" data differ from D4RL's.
+ANTMAZE_MAPS = ("umaze", "umaze-diverse", "medium-play", "medium-diverse", "large-play", "large-diverse")
+POINTMAZE_MAPS = ("umaze", "medium", "large", "umaze-dense", "medium-dense", "large-dense")
+MAZE_KEYS = {"observation", "achieved_goal", "desired_goal"}
+MINARI_ID = re.compile(r"^[\w.-]+(/[\w.-]+)*/[\w.-]+-v\d+$")
+
+
+class UserError(Exception):
+    """A mistake in the command line or the data set-up: reported as one line, without a traceback."""
+
+
+def check_args(args: Args):
+    """Reject values the algorithm cannot use, before any heavy work."""
+    if not 0 < args.expectile < 1:
+        raise UserError(f"--expectile must be in (0, 1), got {args.expectile}")
+    if args.temperature < 0:
+        raise UserError(f"--temperature must be >= 0 (0 is behaviour cloning), got {args.temperature}")
+    if args.cudagraphs and not (args.cuda and torch.cuda.is_available()):
+        raise UserError("--cudagraphs needs a CUDA device (and --cuda)")
+    if args.cudagraphs and args.compile:
+        raise UserError("choose one of --compile and --cudagraphs")
+    if args.track:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise UserError("--track needs Weights & Biases: pip install wandb") from None
+    if args.dropout is not None and not 0 <= args.dropout < 1:
+        raise UserError(f"--dropout must be in [0, 1), got {args.dropout}")
+    for name in ("total_steps", "batch_size", "eval_freq", "eval_episodes", "log_freq", "hidden_dim"):
+        if getattr(args, name) <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------
+def resolve_dataset_ids(env_id: str) -> list[str]:
+    """Map a D4RL maze name to its Minari id, or pass a Minari id through."""
+    m = re.fullmatch(r"antmaze-([a-z-]+)-v(\d)", env_id)
+    if m and m.group(1) in ANTMAZE_MAPS:
+        if m.group(2) in ("0", "2"):
+            return [f"D4RL/antmaze/{m.group(1)}-v1"]
+        raise UserError(f"'{env_id}' has no Minari counterpart: Minari ports D4RL's antmaze -v0/-v2 data as "
+                        f"D4RL/antmaze/{m.group(1)}-v1; use antmaze-{m.group(1)}-v2.")
+    m = re.fullmatch(r"maze2d-([a-z-]+)-v(\d)", env_id)
+    if m:
+        if m.group(1) in POINTMAZE_MAPS and m.group(2) == "1":
+            return [f"D4RL/pointmaze/{m.group(1)}-v2"]
+        raise UserError(f"'{env_id}' has no Minari counterpart mapped here. Mapped: maze2d-{{{','.join(POINTMAZE_MAPS)}}}"
+                        "-v1; other Minari PointMaze data can be passed by id (e.g. D4RL/pointmaze/open-v2).")
+    if "/" in env_id and MINARI_ID.match(env_id):
+        return [env_id]
+    raise UserError(
+        f"unknown env id '{env_id}'. Use antmaze-{{{','.join(ANTMAZE_MAPS)}}}-v2, maze2d-{{umaze,medium,large}}-v1, "
+        "or a Minari dataset id namespace/name-vN (e.g. D4RL/antmaze/umaze-v1)."
+    )
+
+
+def load_minari_dataset(dataset_id: str):
+    """Load a dataset from MINARI_DATASETS_PATH, downloading it if it is not there."""
+    import minari
+
+    root = Path(os.environ.get("MINARI_DATASETS_PATH", Path.home() / ".minari" / "datasets"))
+    if (root / dataset_id / "data").is_dir():
+        return minari.load_dataset(dataset_id)
+    try:
+        return minari.load_dataset(dataset_id, download=True)
+    except Exception as e:  # no network, no huggingface_hub, or not on the server
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0][:150]}" if str(e) else type(e).__name__
+        raise UserError(
+            f"dataset '{dataset_id}' is not in {root} (MINARI_DATASETS_PATH) and could not be downloaded "
+            f"({reason}). On a machine with network run `minari download {dataset_id}` and copy "
+            f"{root / dataset_id} here, or point MINARI_DATASETS_PATH at the folder that holds it."
+        ) from None
+
+
+def maze_observations(obs: dict, goal_input: bool) -> np.ndarray:
+    """The network input: concat(achieved_goal, observation), D4RL's layout (the agent's xy first), plus
+    desired_goal unless goal_input is False. Minari's maze goals can change between episodes and the rewards
+    follow each episode's own goal, so without the goal the value of a state is ambiguous."""
+    parts = [obs["achieved_goal"], obs["observation"]] + ([obs["desired_goal"]] if goal_input else [])
+    return np.concatenate(parts, axis=-1, dtype=np.float32)
+
+
+def maze_rewards_and_terminals(rewards: np.ndarray):
+    """IK's AntMaze rewards r - 1 (sparse 0/1 becomes -1/0), and a terminal wherever the goal reward was
+    received (r > 0), as D4RL's AntMaze terminals are. Minari's maze data have no terminations of their own."""
+    return (rewards - 1.0).astype(np.float32), rewards > 0
+
+
+def flatten_episodes(episodes, goal_input: bool) -> dict[str, np.ndarray]:
+    """Turn Minari maze episodes (dict observations, T+1 of them) into aligned transition arrays.
+    Truncated transitions are kept: their next observation is real, so they bootstrap."""
+    parts = {k: [] for k in ("observations", "actions", "rewards", "next_observations")}
+    for ep in episodes:
+        obs = maze_observations(ep.observations, goal_input)
+        parts["observations"].append(obs[:-1])
+        parts["next_observations"].append(obs[1:])
+        parts["actions"].append(ep.actions)
+        parts["rewards"].append(ep.rewards)
+    data = {k: np.concatenate(v, dtype=np.float32) for k, v in parts.items()}
+    data["rewards"], data["terminals"] = maze_rewards_and_terminals(data["rewards"])
+    # IK clips dataset actions so that log-probs stay finite near the bounds.
+    data["actions"] = np.clip(data["actions"], -1 + 1e-5, 1 - 1e-5)
+    return data
+
+
+class Batch(NamedTuple):
+    observations: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    next_observations: torch.Tensor
+    masks: torch.Tensor  # 1 - terminal: 0 stops bootstrapping; truncations keep 1
+
+
+def sample_batch(data: Batch, batch_size: int) -> Batch:
+    """Uniform minibatch; the indices are drawn on the data's device (no host round trip)."""
+    idx = torch.randint(len(data.rewards), (batch_size,), device=data.rewards.device)
+    return Batch(*(x[idx] for x in data))
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses (pure functions of tensors)
+# ----------------------------------------------------------------------------------------------
+def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
+    """Asymmetric L2 of paper eq. 5: weight `expectile` where diff = q - v > 0, `1 - expectile` elsewhere."""
+    weight = torch.where(diff > 0, expectile, 1 - expectile)
+    return (weight * diff.square()).mean()
+
+
+def awr_loss(log_prob, advantage, temperature: float, max_weight: float):
+    """Advantage-weighted regression (paper eq. 7): -mean(min(exp(beta * A), max_weight) * log pi(a|s)).
+    The weights carry no gradient. Returns (loss, weights)."""
+    weights = torch.exp(temperature * advantage.detach()).clamp(max=max_weight)
+    return -(weights * log_prob).mean(), weights
+
+
+def td_target(rewards, masks, next_v, gamma: float) -> torch.Tensor:
+    """r + gamma * mask * V(s'): masks are 0 on terminal transitions only (truncations bootstrap)."""
+    return rewards + gamma * masks * next_v
+
+
+def q_loss(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Sum over the twin critics (leading axis) of their mean squared TD errors, as IK sums them."""
+    return (q - target).square().mean(dim=-1).sum()
+
+
+def gaussian_log_prob(actions, mean, log_std) -> torch.Tensor:
+    """log N(actions; mean, exp(log_std)), summed over action dimensions."""
+    z = (actions - mean) * torch.exp(-log_std)
+    return (-0.5 * z.square() - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def cosine_decay(step: int, total_steps: int) -> float:
+    """Actor LR multiplier: cosine from 1 to 0 over total_steps, then held at 0 (optax cosine_decay_schedule)."""
+    return 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+
+
+# ----------------------------------------------------------------------------------------------
+# Networks: 2x256 ReLU MLPs, orthogonal init with gain sqrt(2) and zero bias everywhere (IK `common.py`)
+# ----------------------------------------------------------------------------------------------
+def mlp(in_dim: int, out_dim: int, hidden_dim: int, dropout: Optional[float] = None) -> nn.Sequential:
+    layers = []
+    for d_in in (in_dim, hidden_dim):
+        layers += [nn.Linear(d_in, hidden_dim), nn.ReLU()]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+    layers.append(nn.Linear(hidden_dim, out_dim))
+    for layer in layers:
+        if isinstance(layer, nn.Linear):
+            nn.init.orthogonal_(layer.weight, gain=math.sqrt(2))
+            nn.init.zeros_(layer.bias)
+    return nn.Sequential(*layers)
+
+
+class TwinQ(nn.Module):
+    """Q1 and Q2 in one module: each layer's weights are stacked on a leading axis of 2, so both critics
+    run as one batched matmul per layer. Returns q of shape (2, batch)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, num_q: int = 2):
+        super().__init__()
+        sizes = [obs_dim + act_dim, hidden_dim, hidden_dim, 1]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for d_in, d_out in zip(sizes[:-1], sizes[1:]):
+            # orthogonal_ on each critic's (out, in) matrix, as nn.Linear stores it, then transposed for bmm
+            w = torch.stack([nn.init.orthogonal_(torch.empty(d_out, d_in), gain=math.sqrt(2)).T for _ in range(num_q)])
+            self.weights.append(nn.Parameter(w))
+            self.biases.append(nn.Parameter(torch.zeros(num_q, 1, d_out)))
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs, actions], -1).expand(len(self.weights[0]), -1, -1)
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x = torch.baddbmm(b, x, w)
+            if i < len(self.weights) - 1:
+                x = torch.relu(x)
+        return x.squeeze(-1)
+
+
+class Value(nn.Module):
+    def __init__(self, obs_dim: int, hidden_dim: int):
+        super().__init__()
+        self.net = mlp(obs_dim, 1, hidden_dim)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs).squeeze(-1)
+
+
+class Actor(nn.Module):
+    """Gaussian policy: mean = tanh(MLP(s)) (tanh on the mean, no squashed distribution, as IK `policy.py`)
+    and a state-independent log-std clamped to [-5, 2] (CORL uses -20 as the floor)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, dropout: Optional[float] = None):
+        super().__init__()
+        self.net = mlp(obs_dim, act_dim, hidden_dim, dropout)
+        self.log_std = nn.Parameter(torch.zeros(act_dim))
+
+    def forward(self, obs: torch.Tensor):
+        return torch.tanh(self.net(obs)), self.log_std.clamp(-5.0, 2.0)
+
+    def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        mean, log_std = self(obs)
+        return gaussian_log_prob(actions, mean, log_std)
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        """Deterministic evaluation action: the mean, clipped to [-1, 1]. Call `.eval()` first if there is dropout."""
+        mean, _ = self(obs)
+        return mean.clamp(-1.0, 1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# One IQL update (paper Algorithm 1; IK `learner.py`: value, then actor and critic with the new V, then target)
+# ----------------------------------------------------------------------------------------------
+@torch.compiler.disable  # under --compile the losses are compiled; the (fused) optimizer steps stay as they are
+def optimizer_step(optimizer, loss):
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def update(batch: Batch, actor, critic, target_critic, value, actor_opt, critic_opt, value_opt, args: Args):
+    obs, actions, rewards, next_obs, masks = batch
+    with torch.no_grad():
+        target_q = target_critic(obs, actions).min(0).values  # reused by the value and the actor step
+
+    # 1. Value: expectile regression on the target critics' minimum.
+    value_loss = expectile_loss(target_q - value(obs), args.expectile)
+    optimizer_step(value_opt, value_loss)
+
+    # V_new(s) and V_new(s') in one forward. IK uses the updated V for both the advantage and the TD target;
+    # CORL and IQL-PyTorch use the V from before its step.
+    with torch.no_grad():
+        v, next_v = value(torch.cat([obs, next_obs])).chunk(2)
+    advantage = target_q - v
+
+    # 2. Actor: advantage-weighted regression on the dataset actions.
+    actor_loss, weights = awr_loss(actor.log_prob(obs, actions), advantage, args.temperature, args.max_weight)
+    optimizer_step(actor_opt, actor_loss)
+
+    # 3. Critics: regression on r + gamma * mask * V_new(s').
+    critic_loss = q_loss(critic(obs, actions), td_target(rewards, masks, next_v, args.gamma))
+    optimizer_step(critic_opt, critic_loss)
+
+    # 4. Polyak averaging of the target critics, one foreach kernel over all parameters.
+    with torch.no_grad():
+        torch._foreach_lerp_(list(target_critic.parameters()), list(critic.parameters()), args.tau)
+
+    return {
+        "losses/value_loss": value_loss.detach(),
+        "losses/actor_loss": actor_loss.detach(),
+        "losses/q_loss": critic_loss.detach(),
+        "charts/advantage_mean": advantage.mean(),
+        "charts/weight_mean": weights.mean(),
+    }
+
+
+class Networks(NamedTuple):
+    actor: nn.Module
+    critic: nn.Module
+    target_critic: nn.Module
+    value: nn.Module
+    optimizers: tuple  # Adam for the actor, the critics and the value, in that order
+    actor_schedule: torch.optim.lr_scheduler.LRScheduler
+
+
+def make_networks(obs_dim: int, act_dim: int, args: Args, device) -> Networks:
+    """The actor, twin critics, their target copy, the value, their Adam optimisers and the actor's schedule."""
+    device = torch.device(device)
+    actor = Actor(obs_dim, act_dim, args.hidden_dim, args.dropout).to(device)
+    critic = TwinQ(obs_dim, act_dim, args.hidden_dim).to(device)
+    target_critic = copy.deepcopy(critic).requires_grad_(False)
+    value = Value(obs_dim, args.hidden_dim).to(device)
+
+    # Adam with torch defaults (IK: no weight decay, no clipping), fused kernels. The learning rate is a tensor
+    # that the schedule fills in place, so a captured CUDA graph sees each new value.
+    def adam(module):
+        lr = torch.tensor(args.learning_rate, device=device)
+        return torch.optim.Adam(module.parameters(), lr=lr, fused=True, capturable=device.type == "cuda")
+
+    optimizers = (adam(actor), adam(critic), adam(value))
+    actor_schedule = torch.optim.lr_scheduler.LambdaLR(optimizers[0], lambda t: cosine_decay(t, args.total_steps))
+    return Networks(actor, critic, target_critic, value, optimizers, actor_schedule)
+
+
+def make_train_step(data: Batch, networks: Networks, args: Args, mode: Optional[str] = None):
+    """step() samples a batch, runs one update and advances the actor's schedule; it returns the metrics (tensors).
+
+    mode None runs eagerly, "compile" through torch.compile, "cudagraphs" replays a captured CUDA graph.
+    """
+    actor, critic, target_critic, value, optimizers, actor_schedule = networks
+
+    def sample_and_update():
+        return update(sample_batch(data, args.batch_size), actor, critic, target_critic, value, *optimizers, args)
+
+    fn = sample_and_update
+    if mode == "compile":
+        fn = torch.compile(sample_and_update)
+    elif mode == "cudagraphs":
+        fn = cuda_graph(sample_and_update)
+
+    def step():
+        metrics = fn()
+        actor_schedule.step()
+        return metrics
+
+    return step
+
+
+def cuda_graph(fn, warmup: int = 3):
+    """Each call runs fn once: the first `warmup` calls eagerly on a side stream (so that Adam's state and the
+    gradients exist), then one capture, then graph replays. Falls back to eager calls where capture fails."""
+    graph, outputs, calls, stream = None, None, 0, torch.cuda.Stream()
+
+    def call():
+        nonlocal graph, outputs, calls
+        calls += 1
+        if graph is False:  # capture failed: plain eager calls from now on
+            return fn()
+        if calls <= warmup:
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                result = fn()
+            torch.cuda.current_stream().wait_stream(stream)
+            return result
+        if graph is None:
+            try:
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    outputs = fn()
+            except Exception as e:
+                print(f"warning: CUDA graph capture failed ({str(e).splitlines()[0][:200]}); the update runs eagerly")
+                torch.cuda.synchronize()
+                graph = False
+                return fn()
+        graph.replay()
+        return outputs
+
+    return call
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------------------------
+def make_eval_envs(env_spec, num_envs: int, render: bool = False, **overrides) -> gym.vector.SyncVectorEnv:
+    """A sync vector env of the dataset's eval env (keyword overrides go to every env); with render, the first
+    env renders rgb frames. Sync, not async: measured faster on a 2-core machine (README, Speed)."""
+    kwargs = [{**overrides, "render_mode": "rgb_array"} if render and i == 0 else overrides for i in range(num_envs)]
+    return gym.vector.SyncVectorEnv([lambda kw=kw: gym.make(env_spec, **kw) for kw in kwargs])
+
+
+def record_success(reached: np.ndarray, done: np.ndarray, info: dict) -> np.ndarray:
+    """Mark the envs whose current (first) episode reports info["success"]; envs already done are ignored."""
+    if "success" not in info:
+        return reached
+    success = np.asarray(info["success"], dtype=bool) & np.asarray(info.get("_success", True), dtype=bool)
+    return reached | (success & ~done)
+
+
+def evaluate(actor: Actor, envs: gym.vector.SyncVectorEnv, seeds: list[int], device, goal_input: bool, frames=None):
+    """One full episode per env with the deterministic action; returns (returns, reached the goal) per env.
+
+    Gymnasium's vector envs autoreset on the step after an episode ends, so each env's first episode
+    is counted through a done mask and later steps are ignored. With `frames` (a list), the first env's
+    episode is rendered into it.
+    """
+    actor.eval()  # dropout off
+    obs, _ = envs.reset(seed=seeds)
+    returns = np.zeros(envs.num_envs)
+    reached = np.zeros(envs.num_envs, dtype=bool)
+    done = np.zeros(envs.num_envs, dtype=bool)
+    while not done.all():
+        if frames is not None and not done[0]:
+            frames.append(envs.envs[0].render())
+        action = actor.act(torch.as_tensor(maze_observations(obs, goal_input), device=device)).cpu().numpy()
+        obs, reward, terminated, truncated, info = envs.step(action)
+        returns += np.where(done, 0.0, reward)
+        reached = record_success(reached, done, info)
+        done |= terminated | truncated
+    actor.train()
+    return returns, reached
+
+
+def load_data(args: Args, device):
+    """Load, flatten and transform the dataset; returns (Batch on device, the dataset, info dict)."""
+    dataset_ids = resolve_dataset_ids(args.env_id)
+    datasets = [load_minari_dataset(i) for i in dataset_ids]
+    first = datasets[0]
+    space = first.observation_space
+    if not isinstance(space, gym.spaces.Dict):
+        raise UserError(f"'{args.env_id}' has flat observations: use iql_continuous.py for it.")
+    if not MAZE_KEYS <= set(space.spaces):
+        raise UserError(f"'{args.env_id}' has dict observations without {sorted(MAZE_KEYS)} "
+                        f"(it has {sorted(space.spaces)}): this script takes maze datasets.")
+    data = flatten_episodes((ep for d in datasets for ep in d.iterate_episodes()), args.goal_input)
+    batch = Batch(
+        observations=torch.from_numpy(data["observations"]),
+        actions=torch.from_numpy(data["actions"]),
+        rewards=torch.from_numpy(data["rewards"]),
+        next_observations=torch.from_numpy(data["next_observations"]),
+        masks=torch.from_numpy(1.0 - data["terminals"].astype(np.float32)),
+    )
+    info = {"dataset_ids": dataset_ids, "goal_fraction": float(data["terminals"].mean())}
+    return Batch(*(x.to(device) for x in batch)), first, info
+
+
+def main(args: Args):
+    check_args(args)
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}".replace("/", "-")
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    # Data: the whole dataset lives on the training device.
+    t0 = time.time()
+    data, dataset, info = load_data(args, device)
+    n, obs_dim = data.observations.shape
+    act_dim = data.actions.shape[1]
+    print(f"loaded {args.env_id}: {n:,} transitions, input {obs_dim} (goal {'in' if args.goal_input else 'left out'}), "
+          f"action {act_dim}, {100 * info['goal_fraction']:.2f}% at the goal ({time.time() - t0:.1f}s) on {device}")
+    if args.batch_size > n:
+        raise UserError(f"--batch-size {args.batch_size} is larger than the dataset ({n} transitions)")
+
+    # Minari's maze eval envs are continuing tasks whose return counts the steps spent at the goal. Forcing
+    # continuing_task=False ends an episode at the goal, so info["success"] gives D4RL's success rate.
+    eval_spec = dataset.recover_environment(eval_env=True).spec
+    envs = make_eval_envs(eval_spec, args.eval_episodes, render=args.capture_video, continuing_task=False)
+    print(f"evaluation: {args.eval_episodes} episodes of {eval_spec.id} with continuing_task=False, at most "
+          f"{eval_spec.max_episode_steps} steps; normalised score = 100 x success rate")
+    if args.capture_video:  # fail now, not at the first evaluation
+        try:
+            from gymnasium.utils.save_video import save_video
+
+            envs.reset(seed=args.seed)
+            envs.envs[0].render()
+        except Exception as e:
+            raise UserError(f"--capture-video cannot render ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                            "on a headless machine set MUJOCO_GL=egl (or osmesa), and pip install moviepy") from None
+    eval_rng = np.random.default_rng(args.seed)  # fresh, reproducible episode seeds for every evaluation
+
+    networks = make_networks(obs_dim, act_dim, args, device)
+    actor, critic, target_critic, value, _, actor_schedule = networks
+    mode = "cudagraphs" if args.cudagraphs else "compile" if args.compile else None
+    train_step = make_train_step(data, networks, args, mode)
+
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                   config=vars(args), name=run_name, save_code=True)
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    writer.add_text("dataset", f"{args.env_id} -> {', '.join(info['dataset_ids'])}; "
+                               f"{n} transitions; goal input {args.goal_input}; rewards r - 1, terminal where r > 0")
+
+    evaluations = []  # (step, success rate)
+    start_time = time.time()
+    for step in range(1, args.total_steps + 1):
+        metrics = train_step()
+
+        if step % args.log_freq == 0:
+            values = torch.stack(list(metrics.values())).tolist()  # the only host sync between evaluations
+            for tag, v in zip(metrics, values):
+                writer.add_scalar(tag, v, step)
+            writer.add_scalar("charts/actor_lr", float(actor_schedule.get_last_lr()[0]), step)
+            writer.add_scalar("charts/SPS", int(step / (time.time() - start_time)), step)
+
+        if step % args.eval_freq == 0 or step == args.total_steps:
+            frames = [] if args.capture_video else None
+            seeds = eval_rng.integers(2**31, size=args.eval_episodes).tolist()
+            returns, reached = evaluate(actor, envs, seeds, device, args.goal_input, frames)
+            if frames:
+                save_video(frames, f"videos/{run_name}", fps=envs.envs[0].metadata["render_fps"],
+                           name_prefix=f"eval-step-{step}", episode_trigger=lambda _: True)
+            writer.add_scalar("charts/episodic_return", returns.mean(), step)
+            writer.add_scalar("charts/success_rate", reached.mean(), step)
+            writer.add_scalar("charts/normalized_score", 100 * reached.mean(), step)
+            evaluations.append((step, reached.mean()))
+            print(f"step {step:>8,}  success {reached.mean():5.2f} ({reached.sum()}/{len(reached)})  "
+                  f"return {returns.mean():8.2f}  SPS {int(step / (time.time() - start_time))}", flush=True)
+
+    # Report the final evaluation; the best one is labelled as such (it is selected on the evaluation itself).
+    final, best = evaluations[-1], max(evaluations, key=lambda e: e[1])
+    print(f"final (step {final[0]:,}): success rate {final[1]:.2f}; best evaluation (step {best[0]:,}): {best[1]:.2f}")
+
+    if args.save_model:
+        path = f"runs/{run_name}/{args.exp_name}.pt"
+        torch.save({"args": asdict(args), "obs_dim": obs_dim, "act_dim": act_dim,
+                    "actor": actor.state_dict(), "critic": critic.state_dict(),
+                    "target_critic": target_critic.state_dict(), "value": value.state_dict()}, path)
+        print(f"model saved to {path}")
+    envs.close()
+    writer.close()
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    try:
+        main(args)
+    except UserError as e:  # user mistakes: one line, no traceback
+        sys.exit(f"error: {e}")
