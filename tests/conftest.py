@@ -4,6 +4,7 @@ The data come from the real Hopper-v5 environment (random actions), so loading, 
 run through the same code paths as on downloaded datasets. Nothing here reads ../shared.
 """
 
+import importlib
 import os
 
 import gymnasium as gym
@@ -13,6 +14,7 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"  # never reach for the network from tests
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+SCRIPTS = ("iql_continuous", "iql_antmaze")  # they share the losses, networks and update (copied on purpose)
 HOPPER_REF = (-20.272305, 3234.3)
 MAX_STEPS = 40  # short episodes: some end by termination (the hopper falls), the rest by truncation
 
@@ -35,6 +37,8 @@ def rollout_buffers(env, num_episodes: int, seed: int):
             terms.append(terminated)
             truncs.append(truncated)
             done = terminated or truncated
+        if isinstance(obs, dict):  # Minari stores dict observations as a dict of arrays
+            observations = {k: np.stack([o[k] for o in observations]) for k in obs}
         buffers.append(EpisodeBuffer(observations=observations, actions=actions, rewards=rewards,
                                      terminations=terms, truncations=truncs))
     return buffers
@@ -72,3 +76,32 @@ def minari_root(tmp_path_factory):
         os.environ.pop("MINARI_DATASETS_PATH", None)
     else:
         os.environ["MINARI_DATASETS_PATH"] = old
+
+
+@pytest.fixture(params=SCRIPTS)
+def iql(request):
+    """Each script module in turn, for the tests of the code they share."""
+    return importlib.import_module(request.param)
+
+
+def make_pointmaze_dataset(dataset_id: str, num_episodes: int, seed: int, max_steps: int = 60):
+    """Random-action episodes of the real PointMaze U-maze (a continuing task, as Minari records mazes)."""
+    import gymnasium_robotics
+    import minari
+
+    gym.register_envs(gymnasium_robotics)
+    env = gym.make("PointMaze_UMaze-v3", continuing_task=True, max_episode_steps=max_steps)
+    buffers = rollout_buffers(env, num_episodes, seed)
+    minari.create_dataset_from_buffers(dataset_id, buffers, env=env, eval_env=env.spec, algorithm_name="random",
+                                       author="tests", author_email="tests@example.org",
+                                       code_permalink="tests/conftest.py", description="random PointMaze episodes")
+    env.close()
+    return buffers
+
+
+@pytest.fixture(scope="session")
+def maze_root(minari_root):
+    """Adds `test/pointmaze/random-v0` to the session's MINARI_DATASETS_PATH."""
+    root, buffers = minari_root
+    buffers["test/pointmaze/random-v0"] = make_pointmaze_dataset("test/pointmaze/random-v0", 6, seed=7)
+    return root, buffers

@@ -5,10 +5,9 @@ import copy
 import pytest
 import torch
 
-import iql_continuous as iql
 
 
-def networks_and_batch(seed=0):
+def networks_and_batch(iql, seed=0):
     torch.manual_seed(seed)
     args = iql.Args(hidden_dim=64, total_steps=100)
     nets = iql.make_networks(5, 2, args, "cpu")
@@ -38,9 +37,9 @@ def all_tensors(nets):
     return tensors
 
 
-def test_compiled_update_matches_eager():
-    args, nets, batch = networks_and_batch()
-    _, nets_fast, _ = networks_and_batch()  # same seed: an identical copy, optimizers and schedule included
+def test_compiled_update_matches_eager(iql):
+    args, nets, batch = networks_and_batch(iql)
+    _, nets_fast, _ = networks_and_batch(iql)  # same seed: an identical copy, optimizers and schedule included
     before = {k: v.clone() for k, v in all_tensors(nets).items()}
     m_plain = run(iql.update, nets, batch, args)
     m_fast = run(torch.compile(iql.update), nets_fast, batch, args)
@@ -56,9 +55,9 @@ def test_compiled_update_matches_eager():
             assert not torch.equal(before[k], plain[k]), k
 
 
-def test_update_matches_a_plain_reference():
+def test_update_matches_a_plain_reference(iql):
     """One step against the algorithm written out with separate modules and torch.distributions."""
-    args, nets, batch = networks_and_batch(seed=1)
+    args, nets, batch = networks_and_batch(iql, seed=1)
     actor, critic, target_critic, value, _, _ = copy.deepcopy(nets)
     obs, actions, rewards, next_obs, masks = batch
     lr = args.learning_rate
@@ -91,7 +90,7 @@ def test_update_matches_a_plain_reference():
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)
 
 
-def test_cudagraphs_needs_cuda():
+def test_cudagraphs_needs_cuda(iql):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     with pytest.raises(iql.UserError, match="--cudagraphs needs a CUDA device"):

@@ -5,10 +5,9 @@ import math
 import pytest
 import torch
 
-import iql_continuous as iql
 
 
-def test_expectile_loss_hand_values():
+def test_expectile_loss_hand_values(iql):
     # diff = q - v: positive residuals weigh `expectile`, negative ones `1 - expectile`.
     diff = torch.tensor([2.0, -1.0, 0.5, -3.0])
     # 0.8*4 + 0.2*1 + 0.8*0.25 + 0.2*9 = 3.2 + 0.2 + 0.2 + 1.8 = 5.4, mean 1.35
@@ -17,12 +16,12 @@ def test_expectile_loss_hand_values():
     assert iql.expectile_loss(torch.tensor([-2.0]), 0.9).item() == pytest.approx(0.1 * 4)
 
 
-def test_expectile_half_is_half_mse():
+def test_expectile_half_is_half_mse(iql):
     diff = torch.randn(100)
     assert iql.expectile_loss(diff, 0.5).item() == pytest.approx(0.5 * diff.square().mean().item())
 
 
-def test_expectile_regression_finds_expectile():
+def test_expectile_regression_finds_expectile(iql):
     # Minimising the loss over a constant v gives the tau-expectile of the targets, above the mean for tau > 0.5.
     q = torch.tensor([0.0, 0.0, 0.0, 10.0])
     v = torch.zeros((), requires_grad=True)
@@ -35,7 +34,7 @@ def test_expectile_regression_finds_expectile():
     assert v.item() == pytest.approx(7.5, abs=1e-3)
 
 
-def test_awr_weights_clipped_and_without_gradient():
+def test_awr_weights_clipped_and_without_gradient(iql):
     log_prob = torch.tensor([-1.0, -2.0, -0.5], requires_grad=True)
     advantage = torch.tensor([0.0, 1.0, 10.0], requires_grad=True)
     loss, weights = iql.awr_loss(log_prob, advantage, temperature=3.0, max_weight=100.0)
@@ -48,41 +47,41 @@ def test_awr_weights_clipped_and_without_gradient():
     torch.testing.assert_close(log_prob.grad, -expected_w / 3)
 
 
-def test_temperature_zero_is_behaviour_cloning():
+def test_temperature_zero_is_behaviour_cloning(iql):
     log_prob = torch.tensor([-1.0, -3.0])
     loss, weights = iql.awr_loss(log_prob, torch.tensor([5.0, -5.0]), temperature=0.0, max_weight=100.0)
     assert torch.equal(weights, torch.ones(2))
     assert loss.item() == pytest.approx(2.0)  # -mean(log_prob)
 
 
-def test_td_target_masks_terminals_only():
+def test_td_target_masks_terminals_only(iql):
     rewards = torch.tensor([1.0, 1.0, 1.0])
     next_v = torch.tensor([10.0, 10.0, 10.0])
     masks = torch.tensor([1.0, 0.0, 1.0])  # middle: terminal; last: truncated, still bootstraps
     torch.testing.assert_close(iql.td_target(rewards, masks, next_v, 0.99), torch.tensor([10.9, 1.0, 10.9]))
 
 
-def test_q_loss_sums_twin_mses():
+def test_q_loss_sums_twin_mses(iql):
     q = torch.tensor([[1.0, 2.0], [0.0, 4.0]])  # (2 critics, batch 2)
     target = torch.tensor([1.0, 1.0])
     # critic 1: (0 + 1) / 2 = 0.5; critic 2: (1 + 9) / 2 = 5.0
     assert iql.q_loss(q, target).item() == pytest.approx(5.5)
 
 
-def test_gaussian_log_prob_matches_torch_distributions():
+def test_gaussian_log_prob_matches_torch_distributions(iql):
     mean, log_std, a = torch.randn(5, 3), torch.randn(3), torch.randn(5, 3)
     ref = torch.distributions.Normal(mean, log_std.exp()).log_prob(a).sum(-1)
     torch.testing.assert_close(iql.gaussian_log_prob(a, mean, log_std), ref)
 
 
-def test_cosine_decay_ends_at_zero_and_stays():
+def test_cosine_decay_ends_at_zero_and_stays(iql):
     assert iql.cosine_decay(0, 100) == 1.0
     assert iql.cosine_decay(50, 100) == pytest.approx(0.5)
     assert iql.cosine_decay(100, 100) == pytest.approx(0.0)
     assert iql.cosine_decay(150, 100) == pytest.approx(0.0)  # torch's CosineAnnealingLR would rise again
 
 
-def test_actor_log_std_clamped_and_mean_tanh():
+def test_actor_log_std_clamped_and_mean_tanh(iql):
     actor = iql.Actor(4, 2, 32)
     with torch.no_grad():
         actor.log_std.copy_(torch.tensor([-20.0, 5.0]))
@@ -92,7 +91,7 @@ def test_actor_log_std_clamped_and_mean_tanh():
     assert (mean <= 1).all() and (mean > 0.99).all()
 
 
-def test_twin_q_matches_two_separate_mlps():
+def test_twin_q_matches_two_separate_mlps(iql):
     critic = iql.TwinQ(5, 2, 16)
     obs, act = torch.randn(7, 5), torch.randn(7, 2)
     x = torch.cat([obs, act], -1)
@@ -108,7 +107,7 @@ def test_twin_q_matches_two_separate_mlps():
     assert torch.count_nonzero(critic.biases[0]) == 0
 
 
-def test_output_layers_orthogonal_gain_sqrt2():
+def test_output_layers_orthogonal_gain_sqrt2(iql):
     value, actor = iql.Value(5, 16), iql.Actor(5, 3, 16)
     w = value.net[-1].weight  # (1, 16): one orthogonal row of norm sqrt(2)
     assert w.square().sum().item() == pytest.approx(2.0, rel=1e-5)

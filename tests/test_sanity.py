@@ -2,10 +2,9 @@
 
 import torch
 
-import iql_continuous as iql
 
 
-def bandit_data(n=512, obs_dim=3):
+def bandit_data(iql, n=512, obs_dim=3):
     g = torch.Generator().manual_seed(0)
     obs = torch.randn(n, obs_dim, generator=g)
     good = torch.arange(n) % 2 == 0
@@ -14,10 +13,10 @@ def bandit_data(n=512, obs_dim=3):
     return iql.Batch(obs, actions, rewards, torch.zeros(n, obs_dim), torch.zeros(n))  # every step terminal
 
 
-def train(temperature, steps=300):
+def train(iql, temperature, steps=300):
     torch.manual_seed(0)
-    args = iql.Args(temperature=temperature, hidden_dim=64, tau=0.05)  # fast target for a short test
-    data = bandit_data()
+    args = iql.Args(temperature=temperature, expectile=0.7, hidden_dim=64, tau=0.05)  # fast target for a short test
+    data = bandit_data(iql)
     actor, critic, target_critic, value = iql.Actor(3, 1, 64), iql.TwinQ(3, 1, 64), iql.TwinQ(3, 1, 64), iql.Value(3, 64)
     target_critic.load_state_dict(critic.state_dict())
     opts = [torch.optim.Adam(m.parameters(), lr=1e-3) for m in (actor, critic, value)]
@@ -26,9 +25,9 @@ def train(temperature, steps=300):
     return actor.act(data.observations).mean().item(), value(data.observations).mean().item(), metrics
 
 
-def test_iql_picks_good_action_bc_stays_between():
-    iql_mean, v, metrics = train(temperature=3.0)
-    bc_mean, _, _ = train(temperature=0.0)
+def test_iql_picks_good_action_bc_stays_between(iql):
+    iql_mean, v, metrics = train(iql, temperature=3.0)
+    bc_mean, _, _ = train(iql, temperature=0.0)
     # Q(good) = 1, Q(bad) = 0, so the 0.7-expectile V is 0.7 and the weights are e^0.9 vs e^-2.1:
     # the weighted mean action is about (2.46 * 0.5 - 0.12 * 0.5) / 2.58 = 0.45.
     assert 0.55 < v < 0.8, v

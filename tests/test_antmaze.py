@@ -1,0 +1,159 @@
+"""iql_antmaze.py: maze observations, the reward and terminal rule, success rates, the script end to end."""
+
+import inspect
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import iql_antmaze as maze
+import iql_continuous as cont
+
+SCRIPT = Path(__file__).resolve().parents[1] / "iql_antmaze.py"
+
+# Deliberate copies: these must stay identical in every script.
+SHARED = ["UserError", "check_args", "load_minari_dataset", "Batch", "sample_batch", "expectile_loss", "awr_loss",
+          "td_target", "q_loss", "gaussian_log_prob", "cosine_decay", "mlp", "TwinQ", "Value", "Actor",
+          "optimizer_step", "update", "Networks", "make_networks", "make_train_step", "cuda_graph", "make_eval_envs"]
+
+
+@pytest.mark.parametrize("name", SHARED)
+def test_shared_code_is_identical(name):
+    assert inspect.getsource(getattr(maze, name)) == inspect.getsource(getattr(cont, name))
+
+
+def test_maze_observations_with_and_without_goal():
+    obs = {"observation": np.array([[1.0, 2.0, 3.0]]), "achieved_goal": np.array([[10.0, 20.0]]),
+           "desired_goal": np.array([[-1.0, -2.0]])}
+    np.testing.assert_array_equal(maze.maze_observations(obs, goal_input=True), [[10, 20, 1, 2, 3, -1, -2]])
+    np.testing.assert_array_equal(maze.maze_observations(obs, goal_input=False), [[10, 20, 1, 2, 3]])
+    assert maze.maze_observations(obs, True).dtype == np.float32
+
+
+def test_rewards_shift_and_terminal_on_goal():
+    rewards, terminals = maze.maze_rewards_and_terminals(np.array([0.0, 0.0, 1.0, 1.0, 0.0]))
+    np.testing.assert_array_equal(rewards, [-1, -1, 0, 0, -1])
+    np.testing.assert_array_equal(terminals, [False, False, True, True, False])
+
+
+class Episode:  # the attributes of a Minari EpisodeData that flatten_episodes reads
+    def __init__(self, obs, actions, rewards):
+        self.observations, self.actions, self.rewards = obs, actions, rewards
+
+
+def test_flatten_hand_built_episode_truncation_bootstraps():
+    xy = np.arange(8.0).reshape(4, 2)  # 3 transitions, 4 observations
+    obs = {"observation": xy, "achieved_goal": xy, "desired_goal": np.ones((4, 2))}
+    ep = Episode(obs, np.array([[2.0, -2.0], [0.1, 0.2], [0.3, 0.4]]), np.array([0.0, 1.0, 0.0]))
+    data = maze.flatten_episodes([ep], goal_input=False)
+    np.testing.assert_array_equal(data["observations"][:, :2], xy[:-1])
+    np.testing.assert_array_equal(data["next_observations"][:, :2], xy[1:])
+    np.testing.assert_array_equal(data["rewards"], [-1, 0, -1])
+    # the goal step is terminal; the last step, where the episode was truncated, is not: it bootstraps
+    np.testing.assert_array_equal(data["terminals"], [False, True, False])
+    assert np.abs(data["actions"]).max() <= 1 - 1e-5
+
+
+def test_record_success_counts_first_episodes_only():
+    reached = np.zeros(4, dtype=bool)
+    done = np.zeros(4, dtype=bool)
+    # step 1: env 0 reaches the goal; env 3's info has no success entry (mask False)
+    reached = maze.record_success(reached, done, {"success": np.array([1, 0, 0, 1], bool),
+                                                  "_success": np.array([1, 1, 1, 0], bool)})
+    done |= np.array([True, False, False, False])
+    # step 2: env 0 is done (a new episode's success must not count again); env 1 succeeds
+    reached = maze.record_success(reached, done, {"success": np.array([1, 1, 0, 0], bool),
+                                                  "_success": np.ones(4, bool)})
+    reached = maze.record_success(reached, done, {})  # a step with no success info at all
+    np.testing.assert_array_equal(reached, [True, True, False, False])
+    assert reached.mean() == 0.5  # env 2 and env 3 never succeeded
+
+
+@pytest.mark.parametrize("name, ids", [
+    ("antmaze-umaze-v2", ["D4RL/antmaze/umaze-v1"]),
+    ("antmaze-large-diverse-v0", ["D4RL/antmaze/large-diverse-v1"]),
+    ("maze2d-medium-v1", ["D4RL/pointmaze/medium-v2"]),
+    ("local/pointmaze/umaze-v0", ["local/pointmaze/umaze-v0"]),
+])
+def test_resolve_maze_names(name, ids):
+    assert maze.resolve_dataset_ids(name) == ids
+
+
+class GoalSeeker:
+    """Acts like the actor: heads straight for desired_goal (input layout: achieved_goal, observation, goal)."""
+
+    def eval(self):
+        pass
+
+    def train(self):
+        pass
+
+    def act(self, obs):
+        return (5 * (obs[:, -2:] - obs[:, :2])).clamp(-1, 1)
+
+
+def test_evaluate_on_real_maze_ends_at_goal(maze_root):
+    """With continuing_task=False an episode ends at the goal, and info["success"] marks it."""
+    import minari
+
+    spec = minari.load_dataset("test/pointmaze/random-v0").recover_environment(eval_env=True).spec
+    corridor = [[1, 1, 1, 1], [1, "g", "r", 1], [1, 1, 1, 1]]  # reset one cell from the goal
+    envs = maze.make_eval_envs(spec, 3, continuing_task=False, maze_map=corridor)
+    returns, reached = maze.evaluate(GoalSeeker(), envs, [0, 1, 2], "cpu", goal_input=True)
+    assert reached.all() and reached.dtype == bool
+    np.testing.assert_array_equal(returns, [1.0, 1.0, 1.0])  # the episode ends on its first goal reward
+    actor = maze.Actor(8, 2, 16)
+    with torch.no_grad():
+        actor.net[-1].weight.zero_()  # a policy that stands still never succeeds
+    returns, reached = maze.evaluate(actor, envs, [0, 1, 2], "cpu", goal_input=True)
+    assert not reached.any() and returns.sum() == 0
+    envs.close()
+
+
+def run_script(cwd, *flags, timeout=300):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(SCRIPT), *flags], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_end_to_end_on_tiny_pointmaze(maze_root, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = run_script(tmp_path, "--env-id", "test/pointmaze/random-v0", "--total-steps", "200", "--eval-freq", "100",
+                     "--eval-episodes", "3", "--log-freq", "100", "--hidden-dim", "64", "--save-model",
+                     "--exp-name", "e2e", "--no-cuda")
+    assert out.returncode == 0, out.stderr
+    assert "continuing_task=False" in out.stdout and "final (step 200): success rate" in out.stdout
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    acc = EventAccumulator(str(run_dir)).Reload()
+    rates = [e.value for e in acc.Scalars("charts/success_rate")]
+    scores = [e.value for e in acc.Scalars("charts/normalized_score")]
+    assert len(rates) == 2 and scores == pytest.approx([100 * r for r in rates])
+    ckpt = torch.load(run_dir / "e2e.pt", weights_only=False)
+    assert ckpt["args"]["goal_input"] is True and ckpt["obs_dim"] == 8  # xy + (x, y, vx, vy) + goal xy
+    actor = maze.Actor(ckpt["obs_dim"], ckpt["act_dim"], ckpt["args"]["hidden_dim"])
+    actor.load_state_dict(ckpt["actor"])
+    actor.eval()
+    env = gym.make("PointMaze_UMaze-v3")
+    obs, _ = env.reset(seed=0)
+    action = actor.act(torch.as_tensor(maze.maze_observations(obs, goal_input=True))).numpy()
+    assert action.shape == (2,) and np.all(np.abs(action) <= 1)
+    env.step(action)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--env-id", "test/hopper/random-v0"], "flat observations: use iql_continuous.py"),
+    (["--env-id", "antmaze-umaze-v1"], "no Minari counterpart"),
+    (["--env-id", "test/pointmaze/absent-v0"], "could not be downloaded"),
+    (["--env-id", "test/pointmaze/random-v0", "--expectile", "1.5"], "--expectile must be in (0, 1)"),
+])
+def test_bad_input_is_one_line(maze_root, tmp_path, flags, message):
+    out = run_script(tmp_path, *flags, timeout=120)
+    assert out.returncode != 0
+    lines = [line for line in out.stderr.strip().splitlines() if not line.startswith("AdroitHand")]
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], out.stderr
