@@ -30,13 +30,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import NamedTuple, Optional
 
+import contextlib
+import io
+
 import gymnasium as gym
-import gymnasium_robotics
 import numpy as np
 import torch
 import torch.nn as nn
 import tyro
 
+with contextlib.redirect_stderr(io.StringIO()):  # hush a notice about Adroit reward versions printed on import
+    import gymnasium_robotics
 gym.register_envs(gymnasium_robotics)  # AntMaze_* and PointMaze_* envs
 
 
@@ -105,7 +109,7 @@ class Args:
 
 # D4RL maze names -> Minari ids (SPEC section 5). Minari's AntMaze "play"/"diverse" data differ from D4RL's.
 ANTMAZE_MAPS = ("umaze", "umaze-diverse", "medium-play", "medium-diverse", "large-play", "large-diverse")
-POINTMAZE_MAPS = ("umaze", "medium", "large", "umaze-dense", "medium-dense", "large-dense")
+POINTMAZE_MAPS = ("umaze", "medium", "large")  # sparse rewards only: the terminal rule needs 0/1 rewards
 MAZE_KEYS = {"observation", "achieved_goal", "desired_goal"}
 MINARI_ID = re.compile(r"^[\w.-]+(/[\w.-]+)*/[\w.-]+-v\d+$")
 
@@ -155,6 +159,8 @@ def resolve_dataset_ids(env_id: str) -> list[str]:
                         "-v1; other Minari PointMaze data can be passed by id (e.g. D4RL/pointmaze/open-v2).")
     if "/" in env_id and MINARI_ID.match(env_id):
         return [env_id]
+    if re.fullmatch(r"(halfcheetah|hopper|walker2d|pen|door|hammer|relocate|kitchen)-.*", env_id):
+        raise UserError(f"'{env_id}' is not a maze dataset: use iql_continuous.py for it.")
     raise UserError(
         f"unknown env id '{env_id}'. Use antmaze-{{{','.join(ANTMAZE_MAPS)}}}-v2, maze2d-{{umaze,medium,large}}-v1, "
         "or a Minari dataset id namespace/name-vN (e.g. D4RL/antmaze/umaze-v1)."
@@ -180,9 +186,10 @@ def load_minari_dataset(dataset_id: str):
 
 
 def maze_observations(obs: dict, goal_input: bool) -> np.ndarray:
-    """The network input: concat(achieved_goal, observation), D4RL's layout (the agent's xy first), plus
-    desired_goal unless goal_input is False. Minari's maze goals can change between episodes and the rewards
-    follow each episode's own goal, so without the goal the value of a state is ambiguous."""
+    """The network input: concat(achieved_goal, observation), plus desired_goal unless goal_input is False.
+    For AntMaze that is D4RL's 29-dim layout (xy first); PointMaze's observation already holds xy, so its xy
+    appears twice. Minari's maze goals can change between episodes and the rewards follow each episode's own
+    goal, so without the goal the value of a state is ambiguous."""
     parts = [obs["achieved_goal"], obs["observation"]] + ([obs["desired_goal"]] if goal_input else [])
     return np.concatenate(parts, axis=-1, dtype=np.float32)
 
@@ -506,6 +513,16 @@ def evaluate(actor: Actor, envs: gym.vector.SyncVectorEnv, seeds: list[int], dev
     return returns, reached
 
 
+def make_maze_eval_envs(dataset, num_envs: int, render: bool = False) -> gym.vector.SyncVectorEnv:
+    """The dataset's eval env, episodic. Minari's maze eval envs are continuing tasks whose return counts the
+    steps spent at the goal; continuing_task=False ends an episode at the goal, so info["success"] gives D4RL's
+    success rate. The horizon stays the eval spec's."""
+    env = dataset.recover_environment(eval_env=True)
+    spec = env.spec
+    env.close()
+    return make_eval_envs(spec, num_envs, render=render, continuing_task=False)
+
+
 def load_data(args: Args, device):
     """Load, flatten and transform the dataset; returns (Batch on device, the dataset, info dict)."""
     dataset_ids = resolve_dataset_ids(args.env_id)
@@ -517,6 +534,9 @@ def load_data(args: Args, device):
     if not MAZE_KEYS <= set(space.spaces):
         raise UserError(f"'{args.env_id}' has dict observations without {sorted(MAZE_KEYS)} "
                         f"(it has {sorted(space.spaces)}): this script takes maze datasets.")
+    if first.env_spec is not None and first.env_spec.kwargs.get("reward_type") == "dense":
+        raise UserError(f"'{args.env_id}' has dense rewards; this script's terminal rule (r > 0 at the goal) "
+                        "needs the sparse 0/1 maze rewards that IQL's AntMaze setting uses.")
     data = flatten_episodes((ep for d in datasets for ep in d.iterate_episodes()), args.goal_input)
     batch = Batch(
         observations=torch.from_numpy(data["observations"]),
@@ -548,10 +568,8 @@ def main(args: Args):
     if args.batch_size > n:
         raise UserError(f"--batch-size {args.batch_size} is larger than the dataset ({n} transitions)")
 
-    # Minari's maze eval envs are continuing tasks whose return counts the steps spent at the goal. Forcing
-    # continuing_task=False ends an episode at the goal, so info["success"] gives D4RL's success rate.
-    eval_spec = dataset.recover_environment(eval_env=True).spec
-    envs = make_eval_envs(eval_spec, args.eval_episodes, render=args.capture_video, continuing_task=False)
+    envs = make_maze_eval_envs(dataset, args.eval_episodes, render=args.capture_video)
+    eval_spec = envs.envs[0].spec
     print(f"evaluation: {args.eval_episodes} episodes of {eval_spec.id} with continuing_task=False, at most "
           f"{eval_spec.max_episode_steps} steps; normalised score = 100 x success rate")
     if args.capture_video:  # fail now, not at the first evaluation

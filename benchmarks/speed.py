@@ -7,7 +7,7 @@
    next to a plain-eager baseline written the way popular PyTorch IQL code is (two separate Q modules, numpy
    indices gathered per step, `.item()` per loss per step, a Python loop for the target update, an LR scheduler
    step). The variants are interleaved over several rounds in this one process, so machine noise hits them all;
-   the median of the rounds and the ratio to the baseline are reported.
+   the median updates/s and the median over rounds of each round's ratio to the baseline are reported.
 2. The time to turn a 1M-step Minari dataset (HalfCheetah-v5 shapes; built once and cached under
    benchmarks/cache/) into device tensors with the script's own loader.
 3. Evaluation cost: `eval_episodes` vectorised episodes with the policy versus the same number of vector-env
@@ -44,9 +44,9 @@ class Args:
     """torch device to benchmark on (cpu, cuda)"""
     threads: Optional[int] = None
     """torch CPU threads (None: torch's default)"""
-    rounds: int = 5
+    rounds: int = 15
     """interleaved rounds per variant; the median is reported"""
-    updates_per_round: int = 200
+    updates_per_round: int = 100
     """updates timed in each round"""
     compile: bool = False
     """also time `torch.compile` of each script's update (slow to compile on a small CPU)"""
@@ -54,6 +54,8 @@ class Args:
     """size of the dataset built for the loading benchmark (0 skips it)"""
     eval_episodes: int = 10
     """episodes in the evaluation benchmark (0 skips it)"""
+    maze_episodes: int = 0
+    """if > 0, time that many PointMaze U-maze episodes in a sync and an async vector env (random actions)"""
     out: str = "benchmarks/speed.json"
     """where the JSON results go"""
 
@@ -280,6 +282,30 @@ def time_evaluation(args: Args) -> dict:
             "bare_env_seconds": t_bare, "ratio": t_policy / t_bare}
 
 
+def time_maze_vector_envs(args: Args) -> dict:
+    """Sync versus async vector env for maze evaluation: building the envs, then one full episode each."""
+    import gymnasium as gym
+    import gymnasium_robotics
+
+    gym.register_envs(gymnasium_robotics)
+    results = {"episodes": args.maze_episodes}
+    for mode in ("sync", "async"):
+        t = time.perf_counter()
+        envs = gym.make_vec("PointMaze_UMaze-v3", num_envs=args.maze_episodes, vectorization_mode=mode,
+                            continuing_task=False, max_episode_steps=300)
+        t_make = time.perf_counter() - t
+        envs.action_space.seed(0)
+        envs.reset(seed=list(range(args.maze_episodes)))
+        done = np.zeros(args.maze_episodes, dtype=bool)
+        t = time.perf_counter()
+        while not done.all():
+            _, _, terminated, truncated, _ = envs.step(envs.action_space.sample())
+            done |= terminated | truncated
+        results[mode] = {"make_seconds": t_make, "episode_seconds": time.perf_counter() - t}
+        envs.close()
+    return results
+
+
 def main(args: Args):
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -304,16 +330,22 @@ def main(args: Args):
         if torch.device(device).type == "cuda":
             variants[f"{name} --cudagraphs"] = ScriptUpdate(module, data, device, "cudagraphs")
     rates = time_updates(variants, args)
-    base = statistics.median(rates["baseline"])
-    results["updates_per_s"] = {n: {"median": statistics.median(r), "rounds": r, "ratio": statistics.median(r) / base}
-                                for n, r in rates.items()}
+    # The ratio is the median over rounds of (variant / baseline in the same round): drift in the machine's speed
+    # between rounds cancels.
+    results["updates_per_s"] = {
+        n: {"median": statistics.median(r), "rounds": r,
+            "ratio": statistics.median(x / b for x, b in zip(r, rates["baseline"]))}
+        for n, r in rates.items()}
 
     if args.dataset_steps:
         results["dataset"] = time_dataset(args)
     if args.eval_episodes:
         results["evaluation"] = time_evaluation(args)
+    if args.maze_episodes:
+        results["maze_vector_envs"] = time_maze_vector_envs(args)
 
-    print(f"\n| variant | updates/s (median of {args.rounds}) | x baseline |\n|---|---|---|")
+    print(f"\n| variant | updates/s (median of {args.rounds} rounds) | x baseline (median of per-round ratios) |")
+    print("|---|---|---|")
     for n, r in results["updates_per_s"].items():
         print(f"| {n} | {r['median']:.0f} | {r['ratio']:.2f} |")
     if "dataset" in results:
@@ -323,6 +355,10 @@ def main(args: Args):
         e = results["evaluation"]
         print(f"evaluation: {e['episodes']} episodes x {e['vector_steps']} steps: {e['policy_seconds']:.2f} s with the "
               f"policy, {e['bare_env_seconds']:.2f} s bare env stepping ({e['ratio']:.2f}x)")
+    if "maze_vector_envs" in results:
+        r = results["maze_vector_envs"]
+        print(f"maze vector env, {r['episodes']} PointMaze episodes: " + ", ".join(
+            f"{m} {r[m]['episode_seconds']:.1f} s (+ {r[m]['make_seconds']:.1f} s to build)" for m in ("sync", "async")))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(f"\nwrote {args.out}")

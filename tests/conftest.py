@@ -84,13 +84,13 @@ def iql(request):
     return importlib.import_module(request.param)
 
 
-def make_pointmaze_dataset(dataset_id: str, num_episodes: int, seed: int, max_steps: int = 60):
+def make_pointmaze_dataset(dataset_id: str, num_episodes: int, seed: int, max_steps: int = 60, reward_type="sparse"):
     """Random-action episodes of the real PointMaze U-maze (a continuing task, as Minari records mazes)."""
     import gymnasium_robotics
     import minari
 
     gym.register_envs(gymnasium_robotics)
-    env = gym.make("PointMaze_UMaze-v3", continuing_task=True, max_episode_steps=max_steps)
+    env = gym.make("PointMaze_UMaze-v3", continuing_task=True, max_episode_steps=max_steps, reward_type=reward_type)
     buffers = rollout_buffers(env, num_episodes, seed)
     minari.create_dataset_from_buffers(dataset_id, buffers, env=env, eval_env=env.spec, algorithm_name="random",
                                        author="tests", author_email="tests@example.org",
@@ -101,7 +101,8 @@ def make_pointmaze_dataset(dataset_id: str, num_episodes: int, seed: int, max_st
 
 @pytest.fixture(scope="session")
 def maze_root(minari_root):
-    """Adds `test/pointmaze/random-v0` to the session's MINARI_DATASETS_PATH."""
+    """Adds `test/pointmaze/random-v0` (sparse rewards) and `test/pointmaze/dense-v0` to MINARI_DATASETS_PATH."""
     root, buffers = minari_root
     buffers["test/pointmaze/random-v0"] = make_pointmaze_dataset("test/pointmaze/random-v0", 6, seed=7)
+    buffers["test/pointmaze/dense-v0"] = make_pointmaze_dataset("test/pointmaze/dense-v0", 1, seed=8, reward_type="dense")
     return root, buffers

@@ -84,6 +84,40 @@ def test_resolve_maze_names(name, ids):
     assert maze.resolve_dataset_ids(name) == ids
 
 
+@pytest.mark.parametrize("name, message", [
+    ("antmaze-umaze-v1", "no Minari counterpart"),
+    ("maze2d-umaze-v0", "no Minari counterpart"),
+    ("maze2d-umaze-dense-v1", "no Minari counterpart"),
+    ("antmaze-open-v2", "unknown env id"),
+    ("hopper-medium-v2", "use iql_continuous.py"),
+])
+def test_maze_names_refused(name, message):
+    with pytest.raises(maze.UserError, match=message):
+        maze.resolve_dataset_ids(name)
+
+
+def test_load_data_rules_on_real_maze_data(maze_root):
+    data, dataset, info = maze.load_data(maze.Args(env_id="test/pointmaze/random-v0"), "cpu")
+    assert data.observations.shape[1] == 8 and data.actions.shape[1] == 2
+    # random walks never reach the goal: every reward is -1 and every transition, truncated ends included, bootstraps
+    assert torch.equal(data.rewards, -torch.ones_like(data.rewards)) and torch.equal(data.masks, torch.ones_like(data.masks))
+    with pytest.raises(maze.UserError, match="dense rewards"):
+        maze.load_data(maze.Args(env_id="test/pointmaze/dense-v0"), "cpu")
+
+
+def test_eval_envs_are_episodic_with_the_eval_horizon(maze_root):
+    import minari
+
+    dataset = minari.load_dataset("test/pointmaze/random-v0")
+    assert dataset.recover_environment(eval_env=True).unwrapped.continuing_task  # recorded as a continuing task
+    envs = maze.make_maze_eval_envs(dataset, 2)
+    assert envs.envs[0].unwrapped.continuing_task is False and envs.envs[0].spec.max_episode_steps == 60
+    envs.close()
+    ant = maze.make_eval_envs(gym.spec("AntMaze_UMaze-v4"), 1, continuing_task=False)  # the override reaches AntMaze
+    assert ant.envs[0].unwrapped.continuing_task is False
+    ant.close()
+
+
 class GoalSeeker:
     """Acts like the actor: heads straight for desired_goal (input layout: achieved_goal, observation, goal)."""
 
@@ -155,5 +189,5 @@ def test_end_to_end_on_tiny_pointmaze(maze_root, tmp_path):
 def test_bad_input_is_one_line(maze_root, tmp_path, flags, message):
     out = run_script(tmp_path, *flags, timeout=120)
     assert out.returncode != 0
-    lines = [line for line in out.stderr.strip().splitlines() if not line.startswith("AdroitHand")]
+    lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], out.stderr
