@@ -6,6 +6,9 @@ run through the same code paths as on downloaded datasets. Nothing here reads ..
 
 import importlib
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -14,6 +17,7 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"  # never reach for the network from tests
 os.environ.setdefault("MUJOCO_GL", "egl")
 
+ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ("iql_continuous", "iql_antmaze")  # they share the losses, networks and update (copied on purpose)
 HOPPER_REF = (-20.272305, 3234.3)
 MAX_STEPS = 40  # short episodes: some end by termination (the hopper falls), the rest by truncation
@@ -106,3 +110,17 @@ def maze_root(minari_root):
     buffers["test/pointmaze/random-v0"] = make_pointmaze_dataset("test/pointmaze/random-v0", 6, seed=7)
     buffers["test/pointmaze/dense-v0"] = make_pointmaze_dataset("test/pointmaze/dense-v0", 1, seed=8, reward_type="dense")
     return root, buffers
+
+
+def run_script(script: str, cwd, *flags, timeout=300) -> subprocess.CompletedProcess:
+    """Run `python <script>.py FLAGS` as a user would, in `cwd`, on one torch thread."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(ROOT / f"{script}.py"), *flags], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(out: subprocess.CompletedProcess, message: str):
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode != 0
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], out.stderr
+    assert "Traceback" not in out.stderr

@@ -1,20 +1,16 @@
 """iql_antmaze.py: maze observations, the reward and terminal rule, success rates, the script end to end."""
 
 import inspect
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import assert_one_line_error, run_script
 
 import iql_antmaze as maze
 import iql_continuous as cont
 
-SCRIPT = Path(__file__).resolve().parents[1] / "iql_antmaze.py"
 
 # Deliberate copies: these must stay identical in every script.
 SHARED = ["UserError", "check_args", "load_minari_dataset", "Batch", "sample_batch", "expectile_loss", "awr_loss",
@@ -149,17 +145,11 @@ def test_evaluate_on_real_maze_ends_at_goal(maze_root):
     envs.close()
 
 
-def run_script(cwd, *flags, timeout=300):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(SCRIPT), *flags], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-
-
 def test_end_to_end_on_tiny_pointmaze(maze_root, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    out = run_script(tmp_path, "--env-id", "test/pointmaze/random-v0", "--total-steps", "200", "--eval-freq", "100",
-                     "--eval-episodes", "3", "--log-freq", "100", "--hidden-dim", "64", "--save-model",
+    out = run_script("iql_antmaze", tmp_path, "--env-id", "test/pointmaze/random-v0", "--total-steps", "200",
+                     "--eval-freq", "100", "--eval-episodes", "3", "--log-freq", "100", "--hidden-dim", "64", "--save-model",
                      "--exp-name", "e2e", "--no-cuda")
     assert out.returncode == 0, out.stderr
     assert "continuing_task=False" in out.stdout and "final (step 200): success rate" in out.stdout
@@ -187,7 +177,5 @@ def test_end_to_end_on_tiny_pointmaze(maze_root, tmp_path):
     (["--env-id", "test/pointmaze/random-v0", "--expectile", "1.5"], "--expectile must be in (0, 1)"),
 ])
 def test_bad_input_is_one_line(maze_root, tmp_path, flags, message):
-    out = run_script(tmp_path, *flags, timeout=120)
-    assert out.returncode != 0
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], out.stderr
+    out = run_script("iql_antmaze", tmp_path, *flags, timeout=120)
+    assert_one_line_error(out, message)

@@ -1,24 +1,14 @@
 """End to end: the script as a user runs it, on a tiny real dataset, plus its one-line errors."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from conftest import assert_one_line_error, run_script
 
 import iql_continuous as iql
-
-SCRIPT = Path(__file__).resolve().parents[1] / "iql_continuous.py"
-
-
-def run_script(cwd, *flags, timeout=300):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(SCRIPT), *flags], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
 
 
 def scalars(run_dir: Path) -> dict:
@@ -29,8 +19,8 @@ def scalars(run_dir: Path) -> dict:
 
 
 def test_end_to_end_run_logs_and_saves(minari_root, tmp_path):
-    out = run_script(tmp_path, "--env-id", "test/hopper/random-v0", "--total-steps", "300", "--eval-freq", "150",
-                     "--log-freq", "100", "--eval-episodes", "3", "--hidden-dim", "64", "--save-model",
+    out = run_script("iql_continuous", tmp_path, "--env-id", "test/hopper/random-v0", "--total-steps", "300",
+                     "--eval-freq", "150", "--log-freq", "100", "--eval-episodes", "3", "--hidden-dim", "64", "--save-model",
                      "--exp-name", "e2e", "--no-cuda")
     assert out.returncode == 0, out.stderr
     assert "step      300" in out.stdout and "normalized" in out.stdout
@@ -70,11 +60,8 @@ def test_end_to_end_run_logs_and_saves(minari_root, tmp_path):
     (["--env-id", "test/hopper/random-v0", "--batch-size", "100000"], "larger than the dataset"),
 ])
 def test_bad_input_is_one_line(minari_root, tmp_path, flags, message):
-    out = run_script(tmp_path, *flags, timeout=120)
-    assert out.returncode != 0
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], out.stderr
-    assert "Traceback" not in out.stderr
+    out = run_script("iql_continuous", tmp_path, *flags, timeout=120)
+    assert_one_line_error(out, message)
 
 
 def test_evaluate_counts_first_episode_only():
