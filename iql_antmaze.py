@@ -174,7 +174,13 @@ def load_minari_dataset(dataset_id: str):
     root = Path(os.environ.get("MINARI_DATASETS_PATH", Path.home() / ".minari" / "datasets"))
     if (root / dataset_id / "data").is_dir():
         return minari.load_dataset(dataset_id)
+    print(f"{dataset_id} is not in {root}: downloading it (HF_HUB_OFFLINE=1 skips the attempt) ...", flush=True)
     try:
+        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+            raise ConnectionError("HF_HUB_OFFLINE is set")
+        from huggingface_hub.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()  # one message below instead of one per retry
         return minari.load_dataset(dataset_id, download=True)
     except Exception as e:  # no network, no huggingface_hub, or not on the server
         reason = f"{type(e).__name__}: {str(e).splitlines()[0][:150]}" if str(e) else type(e).__name__
