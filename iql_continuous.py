@@ -599,7 +599,7 @@ def main(args: Args):
     eval_rng = np.random.default_rng(args.seed)  # fresh, reproducible episode seeds for every evaluation
 
     networks = make_networks(obs_dim, act_dim, args, device)
-    actor, critic, target_critic, value, _, actor_schedule = networks
+    actor, critic, target_critic, value, _, _ = networks
     mode = "cudagraphs" if args.cudagraphs else "compile" if args.compile else None
     train_step = make_train_step(data, networks, args, mode)
 
@@ -624,7 +624,7 @@ def main(args: Args):
             values = torch.stack(list(metrics.values())).tolist()  # the only host sync between evaluations
             for tag, v in zip(metrics, values):
                 writer.add_scalar(tag, v, step)
-            writer.add_scalar("charts/actor_lr", float(actor_schedule.get_last_lr()[0]), step)
+            writer.add_scalar("charts/actor_lr", args.learning_rate * cosine_decay(step - 1, args.total_steps), step)
             writer.add_scalar("charts/SPS", int(step / (time.time() - start_time)), step)
 
         if step % args.eval_freq == 0 or step == args.total_steps:
