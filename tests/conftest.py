@@ -1,7 +1,7 @@
 """Shared fixtures: tiny real Minari datasets, written once per session under a temporary MINARI_DATASETS_PATH.
 
 The data come from the real Hopper-v5 environment (random actions), so loading, flattening and evaluation
-run through the same code paths as on downloaded datasets. Nothing here reads ../shared.
+run through the same code paths as on downloaded datasets. Nothing here reads the shared datasets folder.
 """
 
 import importlib
