@@ -237,6 +237,32 @@ def sample_batch(data: Batch, batch_size: int) -> Batch:
     return Batch(*(x[idx] for x in data))
 
 
+def load_data(args: Args, device):
+    """Load, flatten and transform the dataset; returns (Batch on device, the dataset, info dict)."""
+    dataset_ids = resolve_dataset_ids(args.env_id)
+    datasets = [load_minari_dataset(i) for i in dataset_ids]
+    first = datasets[0]
+    space = first.observation_space
+    if not isinstance(space, gym.spaces.Dict):
+        raise UserError(f"'{args.env_id}' has flat observations: use iql_continuous.py for it.")
+    if not MAZE_KEYS <= set(space.spaces):
+        raise UserError(f"'{args.env_id}' has dict observations without {sorted(MAZE_KEYS)} "
+                        f"(it has {sorted(space.spaces)}): this script takes maze datasets.")
+    if first.env_spec is not None and first.env_spec.kwargs.get("reward_type") == "dense":
+        raise UserError(f"'{args.env_id}' has dense rewards; this script's terminal rule (r > 0 at the goal) "
+                        "needs the sparse 0/1 maze rewards that IQL's AntMaze setting uses.")
+    data = flatten_episodes((ep for d in datasets for ep in d.iterate_episodes()), args.goal_input)
+    batch = Batch(
+        observations=torch.from_numpy(data["observations"]),
+        actions=torch.from_numpy(data["actions"]),
+        rewards=torch.from_numpy(data["rewards"]),
+        next_observations=torch.from_numpy(data["next_observations"]),
+        masks=torch.from_numpy(1.0 - data["terminals"].astype(np.float32)),
+    )
+    info = {"dataset_ids": dataset_ids, "goal_fraction": float(data["terminals"].mean())}
+    return Batch(*(x.to(device) for x in batch)), first, info
+
+
 # ----------------------------------------------------------------------------------------------
 # Losses (pure functions of tensors)
 # ----------------------------------------------------------------------------------------------
@@ -527,32 +553,6 @@ def make_maze_eval_envs(dataset, num_envs: int, render: bool = False) -> gym.vec
     spec = env.spec
     env.close()
     return make_eval_envs(spec, num_envs, render=render, continuing_task=False)
-
-
-def load_data(args: Args, device):
-    """Load, flatten and transform the dataset; returns (Batch on device, the dataset, info dict)."""
-    dataset_ids = resolve_dataset_ids(args.env_id)
-    datasets = [load_minari_dataset(i) for i in dataset_ids]
-    first = datasets[0]
-    space = first.observation_space
-    if not isinstance(space, gym.spaces.Dict):
-        raise UserError(f"'{args.env_id}' has flat observations: use iql_continuous.py for it.")
-    if not MAZE_KEYS <= set(space.spaces):
-        raise UserError(f"'{args.env_id}' has dict observations without {sorted(MAZE_KEYS)} "
-                        f"(it has {sorted(space.spaces)}): this script takes maze datasets.")
-    if first.env_spec is not None and first.env_spec.kwargs.get("reward_type") == "dense":
-        raise UserError(f"'{args.env_id}' has dense rewards; this script's terminal rule (r > 0 at the goal) "
-                        "needs the sparse 0/1 maze rewards that IQL's AntMaze setting uses.")
-    data = flatten_episodes((ep for d in datasets for ep in d.iterate_episodes()), args.goal_input)
-    batch = Batch(
-        observations=torch.from_numpy(data["observations"]),
-        actions=torch.from_numpy(data["actions"]),
-        rewards=torch.from_numpy(data["rewards"]),
-        next_observations=torch.from_numpy(data["next_observations"]),
-        masks=torch.from_numpy(1.0 - data["terminals"].astype(np.float32)),
-    )
-    info = {"dataset_ids": dataset_ids, "goal_fraction": float(data["terminals"].mean())}
-    return Batch(*(x.to(device) for x in batch)), first, info
 
 
 def main(args: Args):

@@ -206,10 +206,10 @@ def flatten_episodes(episodes) -> dict[str, np.ndarray]:
         ends = np.zeros(n, dtype=bool)
         ends[-1] = True
         parts["episode_ends"].append(ends)
-    data = {k: np.concatenate(v) for k, v in parts.items() if k in ("terminals", "episode_ends")}
-    for k in ("observations", "actions", "rewards", "next_observations"):
-        data[k] = np.concatenate(parts[k], dtype=np.float32)  # casts while copying, in one pass
-    data["terminals"] = data["terminals"].astype(bool)
+    data = {k: np.concatenate(parts[k], dtype=np.float32)  # casts while copying, in one pass
+            for k in ("observations", "actions", "rewards", "next_observations")}
+    data["terminals"] = np.concatenate(parts["terminals"]).astype(bool)
+    data["episode_ends"] = np.concatenate(parts["episode_ends"])
     # IK clips dataset actions so that log-probs stay finite near the bounds.
     data["actions"] = np.clip(data["actions"], -1 + 1e-5, 1 - 1e-5)
     return data
@@ -246,6 +246,38 @@ def sample_batch(data: Batch, batch_size: int) -> Batch:
     """Uniform minibatch; the indices are drawn on the data's device (no host round trip)."""
     idx = torch.randint(len(data.rewards), (batch_size,), device=data.rewards.device)
     return Batch(*(x[idx] for x in data))
+
+
+def load_data(args: Args, device):
+    """Load, flatten and transform the dataset(s); returns (Batch on device, first dataset, info dict)."""
+    dataset_ids = resolve_dataset_ids(args.env_id)
+    datasets = [load_minari_dataset(i) for i in dataset_ids]
+    first = datasets[0]
+    if isinstance(first.observation_space, gym.spaces.Dict):
+        raise UserError(
+            f"'{args.env_id}' has dict observations ({', '.join(first.observation_space.spaces)}): "
+            "this script takes flat observations; use iql_antmaze.py for goal-conditioned maze data."
+        )
+    data = flatten_episodes(ep for d in datasets for ep in d.iterate_episodes())
+    env_name = first.env_spec.name if first.env_spec is not None else ""
+    task = ENV_TO_TASK.get(env_name)
+    scale = 1.0
+    if args.normalize_reward and task is not None:
+        ends = trajectory_ends(data["observations"], data["next_observations"], data["terminals"], data["episode_ends"])
+        scale = reward_scale(data["rewards"], ends)
+    else:  # SPEC section 2: only the locomotion defaults are built in so far
+        print(f"note: {env_name or 'this env'} is not a locomotion env: its rewards stay unscaled, and the defaults "
+              "(expectile 0.7, temperature 3, no dropout) are the locomotion ones; IK uses 0.7 / 0.5 / dropout 0.1 "
+              "for Adroit and Kitchen")
+    batch = Batch(
+        observations=torch.from_numpy(data["observations"]),
+        actions=torch.from_numpy(data["actions"]),
+        rewards=torch.from_numpy(data["rewards"] * np.float32(scale)),
+        next_observations=torch.from_numpy(data["next_observations"]),
+        masks=torch.from_numpy(1.0 - data["terminals"].astype(np.float32)),
+    )
+    info = {"task": task, "reward_scale": scale, "dataset_ids": dataset_ids}
+    return Batch(*(x.to(device) for x in batch)), first, info
 
 
 # ----------------------------------------------------------------------------------------------
@@ -528,38 +560,6 @@ def reference_scores(dataset, env_task: Optional[str]):
     if env_task in D4RL_REF_SCORES:
         return (*D4RL_REF_SCORES[env_task], f"D4RL's {env_task} constants (d4rl/infos.py)")
     return None, None, "no reference scores in the dataset and no D4RL constants for this env"
-
-
-def load_data(args: Args, device):
-    """Load, flatten and transform the dataset(s); returns (Batch on device, first dataset, info dict)."""
-    dataset_ids = resolve_dataset_ids(args.env_id)
-    datasets = [load_minari_dataset(i) for i in dataset_ids]
-    first = datasets[0]
-    if isinstance(first.observation_space, gym.spaces.Dict):
-        raise UserError(
-            f"'{args.env_id}' has dict observations ({', '.join(first.observation_space.spaces)}): "
-            "this script takes flat observations; use iql_antmaze.py for goal-conditioned maze data."
-        )
-    data = flatten_episodes(ep for d in datasets for ep in d.iterate_episodes())
-    env_name = first.env_spec.name if first.env_spec is not None else ""
-    task = ENV_TO_TASK.get(env_name)
-    scale = 1.0
-    if args.normalize_reward and task is not None:
-        ends = trajectory_ends(data["observations"], data["next_observations"], data["terminals"], data["episode_ends"])
-        scale = reward_scale(data["rewards"], ends)
-    else:  # SPEC section 2: only the locomotion defaults are built in so far
-        print(f"note: {env_name or 'this env'} is not a locomotion env: its rewards stay unscaled, and the defaults "
-              "(expectile 0.7, temperature 3, no dropout) are the locomotion ones; IK uses 0.7 / 0.5 / dropout 0.1 "
-              "for Adroit and Kitchen")
-    batch = Batch(
-        observations=torch.from_numpy(data["observations"]),
-        actions=torch.from_numpy(data["actions"]),
-        rewards=torch.from_numpy(data["rewards"] * np.float32(scale)),
-        next_observations=torch.from_numpy(data["next_observations"]),
-        masks=torch.from_numpy(1.0 - data["terminals"].astype(np.float32)),
-    )
-    info = {"task": task, "reward_scale": scale, "dataset_ids": dataset_ids}
-    return Batch(*(x.to(device) for x in batch)), first, info
 
 
 def main(args: Args):

@@ -152,16 +152,12 @@ class Baseline:
 # Each script's own update
 # ----------------------------------------------------------------------------------------------
 class ScriptUpdate:
-    def __init__(self, module, data, device, compile_mode: Optional[str] = None):
-        m = self.m = module
-        self.args = m.Args(total_steps=1_000_000)
-        self.data = m.Batch(*data)
-        nets = m.make_networks(OBS, ACT, self.args, device)
-        self.actor, self.critic, self.target_critic, self.value, self.opts, self.schedule = nets
-        self.step_fn = m.make_train_step(self.data, nets, self.args, compile_mode)
+    """A script's own train step (sample + update + schedule), built as its main() builds it."""
 
-    def train(self):
-        return self.step_fn()
+    def __init__(self, module, data, device, compile_mode: Optional[str] = None):
+        args = module.Args(total_steps=1_000_000)
+        nets = module.make_networks(OBS, ACT, args, device)
+        self.train = module.make_train_step(module.Batch(*data), nets, args, compile_mode)
 
 
 def make_data(device):

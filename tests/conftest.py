@@ -124,3 +124,11 @@ def assert_one_line_error(out: subprocess.CompletedProcess, message: str):
     assert out.returncode != 0
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], out.stderr
     assert "Traceback" not in out.stderr
+
+
+def scalars(run_dir) -> dict:
+    """Every scalar in a run's TensorBoard event files: {tag: [(step, value), ...]}."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir)).Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}

@@ -6,7 +6,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import assert_one_line_error, run_script
+from conftest import assert_one_line_error, run_script, scalars
 
 import iql_antmaze as maze
 import iql_continuous as cont
@@ -146,17 +146,15 @@ def test_evaluate_on_real_maze_ends_at_goal(maze_root):
 
 
 def test_end_to_end_on_tiny_pointmaze(maze_root, tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     out = run_script("iql_antmaze", tmp_path, "--env-id", "test/pointmaze/random-v0", "--total-steps", "200",
                      "--eval-freq", "100", "--eval-episodes", "3", "--log-freq", "100", "--hidden-dim", "64", "--save-model",
                      "--exp-name", "e2e", "--no-cuda")
     assert out.returncode == 0, out.stderr
     assert "continuing_task=False" in out.stdout and "final (step 200): success rate" in out.stdout
     (run_dir,) = (tmp_path / "runs").iterdir()
-    acc = EventAccumulator(str(run_dir)).Reload()
-    rates = [e.value for e in acc.Scalars("charts/success_rate")]
-    scores = [e.value for e in acc.Scalars("charts/normalized_score")]
+    logged = scalars(run_dir)
+    rates = [v for _, v in logged["charts/success_rate"]]
+    scores = [v for _, v in logged["charts/normalized_score"]]
     assert len(rates) == 2 and scores == pytest.approx([100 * r for r in rates])
     ckpt = torch.load(run_dir / "e2e.pt", weights_only=False)
     assert ckpt["args"]["goal_input"] is True and ckpt["obs_dim"] == 8  # xy + (x, y, vx, vy) + goal xy

@@ -1,21 +1,12 @@
 """End to end: the script as a user runs it, on a tiny real dataset, plus its one-line errors."""
 
-from pathlib import Path
-
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import assert_one_line_error, run_script
+from conftest import assert_one_line_error, run_script, scalars
 
 import iql_continuous as iql
-
-
-def scalars(run_dir: Path) -> dict:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run_dir)).Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
 def test_end_to_end_run_logs_and_saves(minari_root, tmp_path):
