@@ -27,8 +27,9 @@ import re
 import sys
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import contextlib
 import io
@@ -206,7 +207,7 @@ def maze_rewards_and_terminals(rewards: np.ndarray):
     return (rewards - 1.0).astype(np.float32), rewards > 0
 
 
-def flatten_episodes(episodes, goal_input: bool) -> dict[str, np.ndarray]:
+def flatten_maze_episodes(episodes, goal_input: bool) -> dict[str, np.ndarray]:
     """Turn Minari maze episodes (dict observations, T+1 of them) into aligned transition arrays.
     Truncated transitions are kept: their next observation is real, so they bootstrap."""
     parts = {k: [] for k in ("observations", "actions", "rewards", "next_observations")}
@@ -251,7 +252,7 @@ def load_data(args: Args, device):
     if first.env_spec is not None and first.env_spec.kwargs.get("reward_type") == "dense":
         raise UserError(f"'{args.env_id}' has dense rewards; this script's terminal rule (r > 0 at the goal) "
                         "needs the sparse 0/1 maze rewards that IQL's AntMaze setting uses.")
-    data = flatten_episodes((ep for d in datasets for ep in d.iterate_episodes()), args.goal_input)
+    data = flatten_maze_episodes((ep for d in datasets for ep in d.iterate_episodes()), args.goal_input)
     batch = Batch(
         observations=torch.from_numpy(data["observations"]),
         actions=torch.from_numpy(data["actions"]),
@@ -428,8 +429,9 @@ class Networks(NamedTuple):
     actor_schedule: torch.optim.lr_scheduler.LRScheduler
 
 
-def make_networks(obs_dim: int, act_dim: int, args: Args, device) -> Networks:
-    """The actor, twin critics, their target copy, the value, their Adam optimisers and the actor's schedule."""
+def make_networks(obs_dim: int, act_dim: int, args: Args, device, lr_decay_steps: Optional[int]) -> Networks:
+    """The actor, twin critics, their target copy, the value, their Adam optimisers and the actor's schedule:
+    a cosine from the learning rate to 0 over `lr_decay_steps` updates, or constant where that is None."""
     device = torch.device(device)
     actor = Actor(obs_dim, act_dim, args.hidden_dim, args.dropout).to(device)
     critic = TwinQ(obs_dim, act_dim, args.hidden_dim).to(device)
@@ -443,19 +445,21 @@ def make_networks(obs_dim: int, act_dim: int, args: Args, device) -> Networks:
         return torch.optim.Adam(module.parameters(), lr=lr, fused=True, capturable=device.type == "cuda")
 
     optimizers = (adam(actor), adam(critic), adam(value))
-    actor_schedule = torch.optim.lr_scheduler.LambdaLR(optimizers[0], lambda t: cosine_decay(t, args.total_steps))
+    decay = (lambda t: cosine_decay(t, lr_decay_steps)) if lr_decay_steps else (lambda t: 1.0)
+    actor_schedule = torch.optim.lr_scheduler.LambdaLR(optimizers[0], decay)
     return Networks(actor, critic, target_critic, value, optimizers, actor_schedule)
 
 
-def make_train_step(data: Batch, networks: Networks, args: Args, mode: Optional[str] = None):
-    """step() samples a batch, runs one update and advances the actor's schedule; it returns the metrics (tensors).
+def make_train_step(sample: Callable[[], Batch], networks: Networks, args: Args, mode: Optional[str] = None):
+    """step() draws a batch with sample(), runs one update and advances the actor's schedule; it returns the
+    metrics (tensors).
 
     mode None runs eagerly, "compile" through torch.compile, "cudagraphs" replays a captured CUDA graph.
     """
     actor, critic, target_critic, value, optimizers, actor_schedule = networks
 
     def sample_and_update():
-        return update(sample_batch(data, args.batch_size), actor, critic, target_critic, value, *optimizers, args)
+        return update(sample(), actor, critic, target_critic, value, *optimizers, args)
 
     fn = sample_and_update
     if mode == "compile":
@@ -521,8 +525,9 @@ def record_success(reached: np.ndarray, done: np.ndarray, info: dict) -> np.ndar
     return reached | (success & ~done)
 
 
-def evaluate(actor: Actor, envs: gym.vector.SyncVectorEnv, seeds: list[int], device, goal_input: bool, frames=None):
+def evaluate(actor: Actor, envs: gym.vector.SyncVectorEnv, seeds: list[int], device, observe: Callable, frames=None):
     """One full episode per env with the deterministic action; returns (returns, reached the goal) per env.
+    observe(obs) turns the vector env's observations into the network input.
 
     Gymnasium's vector envs autoreset on the step after an episode ends, so each env's first episode
     is counted through a done mask and later steps are ignored. With `frames` (a list), the first env's
@@ -536,7 +541,7 @@ def evaluate(actor: Actor, envs: gym.vector.SyncVectorEnv, seeds: list[int], dev
     while not done.all():
         if frames is not None and not done[0]:
             frames.append(envs.envs[0].render())
-        action = actor.act(torch.as_tensor(maze_observations(obs, goal_input), device=device)).cpu().numpy()
+        action = actor.act(torch.as_tensor(observe(obs), device=device)).cpu().numpy()
         obs, reward, terminated, truncated, info = envs.step(action)
         returns += np.where(done, 0.0, reward)
         reached = record_success(reached, done, info)
@@ -588,11 +593,12 @@ def main(args: Args):
             raise UserError(f"--capture-video cannot render ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
                             "on a headless machine set MUJOCO_GL=egl (or osmesa), and pip install moviepy") from None
     eval_rng = np.random.default_rng(args.seed)  # fresh, reproducible episode seeds for every evaluation
+    observe = partial(maze_observations, goal_input=args.goal_input)
 
-    networks = make_networks(obs_dim, act_dim, args, device)
+    networks = make_networks(obs_dim, act_dim, args, device, lr_decay_steps=args.total_steps)
     actor, critic, target_critic, value, _, _ = networks
     mode = "cudagraphs" if args.cudagraphs else "compile" if args.compile else None
-    train_step = make_train_step(data, networks, args, mode)
+    train_step = make_train_step(lambda: sample_batch(data, args.batch_size), networks, args, mode)
 
     if args.track:
         import wandb
@@ -621,7 +627,7 @@ def main(args: Args):
         if step % args.eval_freq == 0 or step == args.total_steps:
             frames = [] if args.capture_video else None
             seeds = eval_rng.integers(2**31, size=args.eval_episodes).tolist()
-            returns, reached = evaluate(actor, envs, seeds, device, args.goal_input, frames)
+            returns, reached = evaluate(actor, envs, seeds, device, observe, frames)
             if frames:
                 save_video(frames, f"videos/{run_name}", fps=envs.envs[0].metadata["render_fps"],
                            name_prefix=f"eval-step-{step}", episode_trigger=lambda _: True)

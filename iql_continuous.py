@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import gymnasium as gym
 import numpy as np
@@ -445,8 +445,9 @@ class Networks(NamedTuple):
     actor_schedule: torch.optim.lr_scheduler.LRScheduler
 
 
-def make_networks(obs_dim: int, act_dim: int, args: Args, device) -> Networks:
-    """The actor, twin critics, their target copy, the value, their Adam optimisers and the actor's schedule."""
+def make_networks(obs_dim: int, act_dim: int, args: Args, device, lr_decay_steps: Optional[int]) -> Networks:
+    """The actor, twin critics, their target copy, the value, their Adam optimisers and the actor's schedule:
+    a cosine from the learning rate to 0 over `lr_decay_steps` updates, or constant where that is None."""
     device = torch.device(device)
     actor = Actor(obs_dim, act_dim, args.hidden_dim, args.dropout).to(device)
     critic = TwinQ(obs_dim, act_dim, args.hidden_dim).to(device)
@@ -460,19 +461,21 @@ def make_networks(obs_dim: int, act_dim: int, args: Args, device) -> Networks:
         return torch.optim.Adam(module.parameters(), lr=lr, fused=True, capturable=device.type == "cuda")
 
     optimizers = (adam(actor), adam(critic), adam(value))
-    actor_schedule = torch.optim.lr_scheduler.LambdaLR(optimizers[0], lambda t: cosine_decay(t, args.total_steps))
+    decay = (lambda t: cosine_decay(t, lr_decay_steps)) if lr_decay_steps else (lambda t: 1.0)
+    actor_schedule = torch.optim.lr_scheduler.LambdaLR(optimizers[0], decay)
     return Networks(actor, critic, target_critic, value, optimizers, actor_schedule)
 
 
-def make_train_step(data: Batch, networks: Networks, args: Args, mode: Optional[str] = None):
-    """step() samples a batch, runs one update and advances the actor's schedule; it returns the metrics (tensors).
+def make_train_step(sample: Callable[[], Batch], networks: Networks, args: Args, mode: Optional[str] = None):
+    """step() draws a batch with sample(), runs one update and advances the actor's schedule; it returns the
+    metrics (tensors).
 
     mode None runs eagerly, "compile" through torch.compile, "cudagraphs" replays a captured CUDA graph.
     """
     actor, critic, target_critic, value, optimizers, actor_schedule = networks
 
     def sample_and_update():
-        return update(sample_batch(data, args.batch_size), actor, critic, target_critic, value, *optimizers, args)
+        return update(sample(), actor, critic, target_critic, value, *optimizers, args)
 
     fn = sample_and_update
     if mode == "compile":
@@ -598,10 +601,10 @@ def main(args: Args):
                             "on a headless machine set MUJOCO_GL=egl (or osmesa), and pip install moviepy") from None
     eval_rng = np.random.default_rng(args.seed)  # fresh, reproducible episode seeds for every evaluation
 
-    networks = make_networks(obs_dim, act_dim, args, device)
+    networks = make_networks(obs_dim, act_dim, args, device, lr_decay_steps=args.total_steps)
     actor, critic, target_critic, value, _, _ = networks
     mode = "cudagraphs" if args.cudagraphs else "compile" if args.compile else None
-    train_step = make_train_step(data, networks, args, mode)
+    train_step = make_train_step(lambda: sample_batch(data, args.batch_size), networks, args, mode)
 
     if args.track:
         import wandb

@@ -155,9 +155,10 @@ class ScriptUpdate:
     """A script's own train step (sample + update + schedule), built as its main() builds it."""
 
     def __init__(self, module, data, device, compile_mode: Optional[str] = None):
-        args = module.Args(total_steps=1_000_000)
-        nets = module.make_networks(OBS, ACT, args, device)
-        self.train = module.make_train_step(module.Batch(*data), nets, args, compile_mode)
+        args = module.Args()
+        nets = module.make_networks(OBS, ACT, args, device, lr_decay_steps=1_000_000)
+        batch = module.Batch(*data)
+        self.train = module.make_train_step(lambda: module.sample_batch(batch, args.batch_size), nets, args, compile_mode)
 
 
 def make_data(device):

@@ -1,6 +1,7 @@
 """iql_antmaze.py: maze observations, the reward and terminal rule, success rates, the script end to end."""
 
 import inspect
+from functools import partial
 
 import gymnasium as gym
 import numpy as np
@@ -37,7 +38,7 @@ def test_rewards_shift_and_terminal_on_goal():
     np.testing.assert_array_equal(terminals, [False, False, True, True, False])
 
 
-class Episode:  # the attributes of a Minari EpisodeData that flatten_episodes reads
+class Episode:  # the attributes of a Minari EpisodeData that flatten_maze_episodes reads
     def __init__(self, obs, actions, rewards):
         self.observations, self.actions, self.rewards = obs, actions, rewards
 
@@ -46,7 +47,7 @@ def test_flatten_hand_built_episode_truncation_bootstraps():
     xy = np.arange(8.0).reshape(4, 2)  # 3 transitions, 4 observations
     obs = {"observation": xy, "achieved_goal": xy, "desired_goal": np.ones((4, 2))}
     ep = Episode(obs, np.array([[2.0, -2.0], [0.1, 0.2], [0.3, 0.4]]), np.array([0.0, 1.0, 0.0]))
-    data = maze.flatten_episodes([ep], goal_input=False)
+    data = maze.flatten_maze_episodes([ep], goal_input=False)
     np.testing.assert_array_equal(data["observations"][:, :2], xy[:-1])
     np.testing.assert_array_equal(data["next_observations"][:, :2], xy[1:])
     np.testing.assert_array_equal(data["rewards"], [-1, 0, -1])
@@ -134,13 +135,13 @@ def test_evaluate_on_real_maze_ends_at_goal(maze_root):
     spec = minari.load_dataset("test/pointmaze/random-v0").recover_environment(eval_env=True).spec
     corridor = [[1, 1, 1, 1], [1, "g", "r", 1], [1, 1, 1, 1]]  # reset one cell from the goal
     envs = maze.make_eval_envs(spec, 3, continuing_task=False, maze_map=corridor)
-    returns, reached = maze.evaluate(GoalSeeker(), envs, [0, 1, 2], "cpu", goal_input=True)
+    returns, reached = maze.evaluate(GoalSeeker(), envs, [0, 1, 2], "cpu", partial(maze.maze_observations, goal_input=True))
     assert reached.all() and reached.dtype == bool
     np.testing.assert_array_equal(returns, [1.0, 1.0, 1.0])  # the episode ends on its first goal reward
     actor = maze.Actor(8, 2, 16)
     with torch.no_grad():
         actor.net[-1].weight.zero_()  # a policy that stands still never succeeds
-    returns, reached = maze.evaluate(actor, envs, [0, 1, 2], "cpu", goal_input=True)
+    returns, reached = maze.evaluate(actor, envs, [0, 1, 2], "cpu", partial(maze.maze_observations, goal_input=True))
     assert not reached.any() and returns.sum() == 0
     envs.close()
 
