@@ -231,7 +231,7 @@ def reward_scale(rewards, ends) -> float:
     returns = np.bincount(traj_id, weights=rewards)
     if returns.max() == returns.min():
         raise UserError("reward normalisation needs trajectories with different returns; use --no-normalize-reward")
-    return 1000.0 / (returns.max() - returns.min())
+    return float(1000.0 / (returns.max() - returns.min()))
 
 
 class Batch(NamedTuple):

@@ -18,7 +18,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # never reach for the network from tests
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ("iql_continuous", "iql_antmaze")  # they share the losses, networks and update (copied on purpose)
+SCRIPTS = ("iql_continuous", "iql_antmaze", "iql_finetune")  # they share the losses, networks and update (copied)
 HOPPER_REF = (-20.272305, 3234.3)
 MAX_STEPS = 40  # short episodes: some end by termination (the hopper falls), the rest by truncation
 
@@ -86,6 +86,15 @@ def minari_root(tmp_path_factory):
 def iql(request):
     """Each script module in turn, for the tests of the code they share."""
     return importlib.import_module(request.param)
+
+
+def sampler(iql, data, batch_size: int):
+    """The script's own batch sampler over `data`, as its main() builds it: the fine-tuning script's replay
+    buffer (twice the data's size), the offline scripts' sample_batch."""
+    if hasattr(iql, "ReplayBuffer"):
+        buffer = iql.ReplayBuffer(data, 2 * len(data.rewards), data.rewards.device)
+        return lambda: buffer.sample(batch_size)
+    return lambda: iql.sample_batch(data, batch_size)
 
 
 def make_pointmaze_dataset(dataset_id: str, num_episodes: int, seed: int, max_steps: int = 60, reward_type="sparse"):

@@ -4,7 +4,7 @@ import copy
 
 import pytest
 import torch
-
+from conftest import sampler
 
 
 DECAY_STEPS = 100
@@ -108,7 +108,7 @@ def test_compiled_train_step_matches_eager(iql):
     steps = {}
     for mode in (None, "compile"):
         args, nets, _ = networks_and_batch(iql)
-        step = iql.make_train_step(lambda: iql.sample_batch(data, args.batch_size), nets, args, mode)
+        step = iql.make_train_step(sampler(iql, data, args.batch_size), nets, args, mode)
         torch.manual_seed(5)
         with inductor_config.patch(fallback_random=True):  # the compiled randint draws what eager draws
             for _ in range(2):

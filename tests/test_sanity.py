@@ -1,7 +1,7 @@
 """Algorithm sanity on a one-step (bandit) dataset: IQL picks the good logged action, BC averages."""
 
 import torch
-
+from conftest import sampler
 
 
 def bandit_data(iql, n=512, obs_dim=3):
@@ -20,8 +20,9 @@ def train(iql, temperature, steps=300):
     actor, critic, target_critic, value = iql.Actor(3, 1, 64), iql.TwinQ(3, 1, 64), iql.TwinQ(3, 1, 64), iql.Value(3, 64)
     target_critic.load_state_dict(critic.state_dict())
     opts = [torch.optim.Adam(m.parameters(), lr=1e-3) for m in (actor, critic, value)]
+    sample = sampler(iql, data, 256)
     for _ in range(steps):
-        metrics = iql.update(iql.sample_batch(data, 256), actor, critic, target_critic, value, *opts, args)
+        metrics = iql.update(sample(), actor, critic, target_critic, value, *opts, args)
     return actor.act(data.observations).mean().item(), value(data.observations).mean().item(), metrics
 
 

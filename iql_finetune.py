@@ -1,0 +1,922 @@
+"""Implicit Q-Learning (IQL) with online fine-tuning: offline pre-training on a Minari dataset, then training
+on a replay buffer that keeps the dataset and grows with the agent's own experience.
+
+Kostrikov, Nair & Levine, "Offline Reinforcement Learning with Implicit Q-Learning", ICLR 2022
+(arXiv 2110.06169), section 5.3. The protocol and the defaults are the authors' AntMaze fine-tuning set-up
+(github.com/ikostrikov/implicit_q_learning `train_finetune.py`, "IK" below): 1M offline updates, then 1M online
+steps of one environment step and one update each; expectile 0.9, temperature 10, constant learning rates.
+
+    python iql_finetune.py --env-id antmaze-umaze-v2
+    MINARI_DATASETS_PATH=../shared/datasets python iql_finetune.py --env-id local/pointmaze/umaze-v0 \
+        --offline-steps 5000 --online-steps 20000 --eval-freq 5000 --eval-episodes 20
+
+The update is the one in iql_continuous.py and iql_antmaze.py (copied on purpose, tested identical); so is the
+data handling: maze datasets (dict observations) as iql_antmaze.py, flat ones (locomotion, Adroit) as
+iql_continuous.py. What this script adds: the replay buffer, the online environment, and the loop below.
+
+  for each update:
+    online phase only: act with a sample of the policy, step the env, append the transition to the buffer
+    one IQL update on a uniform batch from the buffer (paper Algorithm 1, IK `learner.py`):
+      1. V   <- expectile regression of V(s) on min(Q1_targ, Q2_targ)(s, a)
+      2. pi  <- advantage-weighted regression, weights exp(temperature * (Q_targ - V_new)), clipped at 100
+      3. Q   <- regression on r + gamma * mask * V_new(s')
+      4. Q_targ <- Polyak average of Q
+"""
+
+import contextlib
+import copy
+import io
+import math
+import os
+import random
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable, NamedTuple, Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import tyro
+
+with contextlib.redirect_stderr(io.StringIO()):  # hush a notice about Adroit reward versions printed on import
+    import gymnasium_robotics
+gym.register_envs(gymnasium_robotics)  # AntMaze_*, PointMaze_* and AdroitHand* envs
+
+
+@dataclass
+class Args:
+    # --- experiment ---
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment (part of the run name)"""
+    seed: int = 1
+    """seed of the experiment (torch, numpy, random, the online env, evaluation episodes)"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True` (CleanRL's flag; CPU runs are deterministic anyway)"""
+    cuda: bool = True
+    """if toggled, train on the GPU when one is available"""
+    track: bool = False
+    """if toggled, log to Weights & Biases (imported only then)"""
+    wandb_project_name: str = "iql"
+    """the Weights & Biases project name"""
+    wandb_entity: Optional[str] = None
+    """the Weights & Biases entity (team)"""
+    capture_video: bool = False
+    """if toggled, record the evaluation episodes of the first env under `videos/{run_name}`"""
+    save_model: bool = False
+    """if toggled, save the networks, optimisers and Args at the end of each phase to
+    `runs/{run_name}/{exp_name}_{offline,online}.pt`"""
+    checkpoint: Optional[str] = None
+    """a file saved by --save-model (this script's offline one, or iql_antmaze.py's / iql_continuous.py's):
+    start from it and skip pre-training"""
+
+    # --- data ---
+    env_id: str = "antmaze-umaze-v2"
+    """a D4RL name (antmaze-*-v2, maze2d-*-v1, pen-human-v1, hopper-medium-v2, ...) or a Minari dataset id"""
+    goal_input: bool = True
+    """mazes: append desired_goal to the network input (--no-goal-input: D4RL's input)"""
+    normalize_reward: bool = True
+    """locomotion: scale rewards by 1000 / (max - min trajectory return) of the dataset, online rewards too"""
+
+    # --- algorithm ---
+    offline_steps: int = 1_000_000
+    """gradient updates on the dataset alone, before any interaction"""
+    online_steps: int = 1_000_000
+    """online steps after pre-training: one environment step and one gradient update each"""
+    buffer_size: int = 2_000_000
+    """replay buffer capacity (dataset + online transitions); the oldest are overwritten beyond it"""
+    batch_size: int = 256
+    """transitions per update"""
+    learning_rate: float = 3e-4
+    """Adam learning rate of the actor, critics and value, constant in both phases (IK's fine-tuning config)"""
+    gamma: float = 0.99
+    """discount factor"""
+    tau: float = 0.005
+    """Polyak rate of the target critics (IK's name; the paper's tau is the expectile)"""
+    expectile: float = 0.9
+    """expectile of the value regression (0.5 = mean, towards 1 = max over dataset actions)"""
+    temperature: float = 10.0
+    """inverse temperature beta of the advantage weights; 0 is plain behaviour cloning"""
+    max_weight: float = 100.0
+    """upper clip of the advantage weights exp(beta * A)"""
+    dropout: Optional[float] = None
+    """dropout rate after every hidden layer of the actor (None: no dropout)"""
+    hidden_dim: int = 256
+    """units in each of the two hidden layers of every network"""
+    compile: bool = False
+    """if toggled, run the update through `torch.compile`"""
+    cudagraphs: bool = False
+    """if toggled (CUDA only), capture one update in a CUDA graph and replay it every step"""
+
+    # --- evaluation and logging ---
+    eval_freq: int = 100_000
+    """evaluate every this many updates, at the phase change and at the end"""
+    eval_episodes: int = 100
+    """episodes per evaluation, run at once in a vector env"""
+    log_freq: int = 1000
+    """copy the losses off the device and log them every this many updates"""
+
+
+# D4RL names -> Minari ids (SPEC section 5). Mazes as in iql_antmaze.py, locomotion as in iql_continuous.py.
+ANTMAZE_MAPS = ("umaze", "umaze-diverse", "medium-play", "medium-diverse", "large-play", "large-diverse")
+POINTMAZE_MAPS = ("umaze", "medium", "large")  # sparse rewards only: the terminal rule needs 0/1 rewards
+ADROIT_TASKS = ("pen", "door", "hammer", "relocate")
+D4RL_TO_MINARI = {"medium": ["medium-v0"], "expert": ["expert-v0"], "medium-expert": ["medium-v0", "expert-v0"]}
+D4RL_REF_SCORES = {  # d4rl/infos.py: score = 100 * (R - min) / (max - min)
+    "hopper": (-20.272305, 3234.3),
+    "halfcheetah": (-280.178953, 12135.0),
+    "walker2d": (1.629008, 4592.3),
+}
+ENV_TO_TASK = {"Hopper": "hopper", "HalfCheetah": "halfcheetah", "Walker2d": "walker2d"}
+MAZE_KEYS = {"observation", "achieved_goal", "desired_goal"}
+MINARI_ID = re.compile(r"^[\w.-]+(/[\w.-]+)*/[\w.-]+-v\d+$")
+
+
+class UserError(Exception):
+    """A mistake in the command line or the data set-up: reported as one line, without a traceback."""
+
+
+def check_args(args: Args):
+    """Reject values the algorithm cannot use, before any heavy work."""
+    if not 0 < args.expectile < 1:
+        raise UserError(f"--expectile must be in (0, 1), got {args.expectile}")
+    if args.temperature < 0:
+        raise UserError(f"--temperature must be >= 0 (0 is behaviour cloning), got {args.temperature}")
+    if args.cudagraphs and not (args.cuda and torch.cuda.is_available()):
+        raise UserError("--cudagraphs needs a CUDA device (and --cuda)")
+    if args.cudagraphs and args.compile:
+        raise UserError("choose one of --compile and --cudagraphs")
+    if args.track:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise UserError("--track needs Weights & Biases: pip install wandb") from None
+    if args.dropout is not None and not 0 <= args.dropout < 1:
+        raise UserError(f"--dropout must be in [0, 1), got {args.dropout}")
+    for name in ("offline_steps", "online_steps"):
+        if getattr(args, name) < 0:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    for name in ("buffer_size", "batch_size", "eval_freq", "eval_episodes", "log_freq", "hidden_dim"):
+        if getattr(args, name) <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
+        raise UserError(f"--checkpoint {args.checkpoint}: no such file")
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: the dataset as iql_antmaze.py (mazes) or iql_continuous.py (flat observations) prepares it
+# ----------------------------------------------------------------------------------------------
+def resolve_dataset_ids(env_id: str) -> list[str]:
+    """Map a D4RL name to the Minari ids to load (concatenated), or pass a Minari id through."""
+    m = re.fullmatch(r"antmaze-([a-z-]+)-v[02]", env_id)
+    if m and m.group(1) in ANTMAZE_MAPS:
+        return [f"D4RL/antmaze/{m.group(1)}-v1"]
+    m = re.fullmatch(r"maze2d-([a-z-]+)-v1", env_id)
+    if m and m.group(1) in POINTMAZE_MAPS:
+        return [f"D4RL/pointmaze/{m.group(1)}-v2"]
+    m = re.fullmatch(r"([a-z]+)-(human|cloned|expert)-v[01]", env_id)
+    if m and m.group(1) in ADROIT_TASKS:
+        return [f"D4RL/{m.group(1)}/{m.group(2)}-v2"]
+    m = re.fullmatch(r"(halfcheetah|hopper|walker2d)-([a-z-]+)-v2", env_id)
+    if m and m.group(2) in D4RL_TO_MINARI:
+        return [f"mujoco/{m.group(1)}/{name}" for name in D4RL_TO_MINARI[m.group(2)]]
+    if "/" in env_id and MINARI_ID.match(env_id):
+        return [env_id]
+    raise UserError(
+        f"unknown env id '{env_id}', or a D4RL name with no Minari counterpart. Use antmaze-{{{','.join(ANTMAZE_MAPS)}}}"
+        f"-v2, maze2d-{{{','.join(POINTMAZE_MAPS)}}}-v1, {{{','.join(ADROIT_TASKS)}}}-{{human,cloned,expert}}-v1, "
+        "{halfcheetah,hopper,walker2d}-{medium,expert,medium-expert}-v2, or a Minari id namespace/name-vN."
+    )
+
+
+def load_minari_dataset(dataset_id: str):
+    """Load a dataset from MINARI_DATASETS_PATH, downloading it if it is not there."""
+    import minari
+
+    root = Path(os.environ.get("MINARI_DATASETS_PATH", Path.home() / ".minari" / "datasets"))
+    if (root / dataset_id / "data").is_dir():
+        return minari.load_dataset(dataset_id)
+    print(f"{dataset_id} is not in {root}: downloading it (HF_HUB_OFFLINE=1 skips the attempt) ...", flush=True)
+    try:
+        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+            raise ConnectionError("HF_HUB_OFFLINE is set")
+        from huggingface_hub.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()  # one message below instead of one per retry
+        return minari.load_dataset(dataset_id, download=True)
+    except Exception as e:  # no network, no huggingface_hub, or not on the server
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0][:150]}" if str(e) else type(e).__name__
+        raise UserError(
+            f"dataset '{dataset_id}' is not in {root} (MINARI_DATASETS_PATH) and could not be downloaded "
+            f"({reason}). On a machine with network run `minari download {dataset_id}` and copy "
+            f"{root / dataset_id} here, or point MINARI_DATASETS_PATH at the folder that holds it."
+        ) from None
+
+
+def maze_observations(obs: dict, goal_input: bool) -> np.ndarray:
+    """The network input: concat(achieved_goal, observation), plus desired_goal unless goal_input is False.
+    For AntMaze that is D4RL's 29-dim layout (xy first); PointMaze's observation already holds xy, so its xy
+    appears twice. Minari's maze goals can change between episodes and the rewards follow each episode's own
+    goal, so without the goal the value of a state is ambiguous."""
+    parts = [obs["achieved_goal"], obs["observation"]] + ([obs["desired_goal"]] if goal_input else [])
+    return np.concatenate(parts, axis=-1, dtype=np.float32)
+
+
+def maze_rewards_and_terminals(rewards: np.ndarray):
+    """IK's AntMaze rewards r - 1 (sparse 0/1 becomes -1/0), and a terminal wherever the goal reward was
+    received (r > 0), as D4RL's AntMaze terminals are. Minari's maze data have no terminations of their own."""
+    return (rewards - 1.0).astype(np.float32), rewards > 0
+
+
+def flatten_maze_episodes(episodes, goal_input: bool) -> dict[str, np.ndarray]:
+    """Turn Minari maze episodes (dict observations, T+1 of them) into aligned transition arrays.
+    Truncated transitions are kept: their next observation is real, so they bootstrap."""
+    parts = {k: [] for k in ("observations", "actions", "rewards", "next_observations")}
+    for ep in episodes:
+        obs = maze_observations(ep.observations, goal_input)
+        parts["observations"].append(obs[:-1])
+        parts["next_observations"].append(obs[1:])
+        parts["actions"].append(ep.actions)
+        parts["rewards"].append(ep.rewards)
+    data = {k: np.concatenate(v, dtype=np.float32) for k, v in parts.items()}
+    data["rewards"], data["terminals"] = maze_rewards_and_terminals(data["rewards"])
+    # IK clips dataset actions so that log-probs stay finite near the bounds.
+    data["actions"] = np.clip(data["actions"], -1 + 1e-5, 1 - 1e-5)
+    return data
+
+
+def flatten_episodes(episodes) -> dict[str, np.ndarray]:
+    """Turn Minari episodes (T+1 observations each) into aligned transition arrays.
+
+    Truncated transitions are kept: their next observation is real, so they bootstrap (SPEC section 2).
+    `episode_ends` marks the last transition of each episode (for reward normalisation only).
+    """
+    parts = {k: [] for k in ("observations", "actions", "rewards", "next_observations", "terminals", "episode_ends")}
+    for ep in episodes:
+        n = len(ep.rewards)
+        parts["observations"].append(ep.observations[:-1])
+        parts["next_observations"].append(ep.observations[1:])
+        parts["actions"].append(ep.actions)
+        parts["rewards"].append(ep.rewards)
+        parts["terminals"].append(ep.terminations)
+        ends = np.zeros(n, dtype=bool)
+        ends[-1] = True
+        parts["episode_ends"].append(ends)
+    data = {k: np.concatenate(parts[k], dtype=np.float32)  # casts while copying, in one pass
+            for k in ("observations", "actions", "rewards", "next_observations")}
+    data["terminals"] = np.concatenate(parts["terminals"]).astype(bool)
+    data["episode_ends"] = np.concatenate(parts["episode_ends"])
+    # IK clips dataset actions so that log-probs stay finite near the bounds.
+    data["actions"] = np.clip(data["actions"], -1 + 1e-5, 1 - 1e-5)
+    return data
+
+
+def trajectory_ends(observations, next_observations, terminals, episode_ends) -> np.ndarray:
+    """Where a trajectory ends: a terminal, a known episode end, or (IK `dataset_utils.py`) a row whose
+    next observation differs from the following row's observation by more than 1e-6. The last row ends one."""
+    jump = np.linalg.norm(observations[1:] - next_observations[:-1], axis=-1) > 1e-6
+    ends = terminals | episode_ends
+    ends[:-1] |= jump
+    ends[-1] = True
+    return ends
+
+
+def reward_scale(rewards, ends) -> float:
+    """IK's locomotion reward normalisation: 1000 / (max - min undiscounted trajectory return)."""
+    traj_id = np.concatenate([[0], np.cumsum(ends[:-1])])
+    returns = np.bincount(traj_id, weights=rewards)
+    if returns.max() == returns.min():
+        raise UserError("reward normalisation needs trajectories with different returns; use --no-normalize-reward")
+    return float(1000.0 / (returns.max() - returns.min()))
+
+
+def network_input(obs, goal_input: bool) -> np.ndarray:
+    """An env observation (one or a vector env's batch) as the network input: maze dicts through
+    maze_observations, flat observations as float32."""
+    if isinstance(obs, dict):
+        return maze_observations(obs, goal_input)
+    return np.asarray(obs, dtype=np.float32)
+
+
+class Batch(NamedTuple):
+    observations: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    next_observations: torch.Tensor
+    masks: torch.Tensor  # 1 - terminal: 0 stops bootstrapping; truncations keep 1
+
+
+def load_data(args: Args):
+    """Load, flatten and transform the dataset(s); returns (Batch on the CPU, first dataset, info dict).
+
+    Mazes: rewards r - 1, terminal where r > 0 (iql_antmaze.py). Flat observations: terminals as recorded, and
+    for locomotion the reward scale 1000 / (max - min trajectory return) (iql_continuous.py). The info dict holds
+    what the online rewards need to get the same transform (see online_reward)."""
+    dataset_ids = resolve_dataset_ids(args.env_id)
+    datasets = [load_minari_dataset(i) for i in dataset_ids]
+    first = datasets[0]
+    episodes = (ep for d in datasets for ep in d.iterate_episodes())
+    space = first.observation_space
+    maze = isinstance(space, gym.spaces.Dict)
+    env_name = first.env_spec.name if first.env_spec is not None else ""
+    task, scale = ENV_TO_TASK.get(env_name), 1.0
+    if maze:
+        if not MAZE_KEYS <= set(space.spaces):
+            raise UserError(f"'{args.env_id}' has dict observations without {sorted(MAZE_KEYS)} "
+                            f"(it has {sorted(space.spaces)}): this script takes maze and flat-observation datasets.")
+        if first.env_spec is not None and first.env_spec.kwargs.get("reward_type") == "dense":
+            raise UserError(f"'{args.env_id}' has dense rewards; the maze terminal rule (r > 0 at the goal) "
+                            "needs the sparse 0/1 maze rewards that IQL's AntMaze setting uses.")
+        data = flatten_maze_episodes(episodes, args.goal_input)
+    else:
+        data = flatten_episodes(episodes)
+        if args.normalize_reward and task is not None:
+            ends = trajectory_ends(data["observations"], data["next_observations"], data["terminals"],
+                                   data["episode_ends"])
+            scale = reward_scale(data["rewards"], ends)
+        data["rewards"] = data["rewards"] * np.float32(scale)
+    batch = Batch(
+        observations=torch.from_numpy(data["observations"]),
+        actions=torch.from_numpy(data["actions"]),
+        rewards=torch.from_numpy(data["rewards"]),
+        next_observations=torch.from_numpy(data["next_observations"]),
+        masks=torch.from_numpy(1.0 - data["terminals"].astype(np.float32)),
+    )
+    info = {"dataset_ids": dataset_ids, "maze": maze, "task": task, "reward_scale": scale}
+    return batch, first, info
+
+
+def online_reward(reward: float, info: dict) -> float:
+    """An online reward on the dataset's scale: r - 1 on mazes (the same maze_rewards_and_terminals),
+    r * the dataset's scale elsewhere (1 unless locomotion with --normalize-reward)."""
+    if info["maze"]:
+        return float(maze_rewards_and_terminals(np.float32(reward))[0])
+    return float(reward * info["reward_scale"])
+
+
+def online_transition(x, action, reward: float, next_x, terminated: bool, info: dict) -> tuple:
+    """What one online step stores, in ReplayBuffer.add's order: the reward on the dataset's scale, and mask 0
+    only where the episode truly terminated (a time-limit truncation bootstraps, mask 1), as IK's fine-tuning."""
+    return x, action, online_reward(reward, info), next_x, 0.0 if terminated else 1.0
+
+
+class ReplayBuffer:
+    """Transitions on the training device, preallocated for `capacity` (IK `dataset_utils.ReplayBuffer`).
+
+    It starts with the whole dataset, in order; each online transition goes into the next slot, and once the
+    buffer is full the oldest transition is overwritten (FIFO). sample() is uniform over everything stored; the
+    number stored lives on the device too, so sampling never waits for the host (and a CUDA graph sees it grow).
+    """
+
+    def __init__(self, dataset: Batch, capacity: int, device):
+        n = len(dataset.rewards)
+        if capacity < n:
+            raise UserError(f"--buffer-size {capacity:,} is smaller than the dataset ({n:,} transitions); "
+                            f"use at least {n:,} (the paper: 2,000,000, room for 1M online steps after 1M data)")
+        self.data = Batch(*(torch.zeros((capacity, *x.shape[1:]), dtype=x.dtype, device=device) for x in dataset))
+        for slot, x in zip(self.data, dataset):
+            slot[:n] = x.to(device)
+        self.capacity, self.next, self.count = capacity, n % capacity, n
+        self.size = torch.tensor(n, device=device)
+
+    def add(self, obs, action, reward: float, next_obs, mask: float):
+        for slot, x in zip(self.data, (obs, action, reward, next_obs, mask)):
+            slot[self.next] = torch.as_tensor(x)
+        self.next = (self.next + 1) % self.capacity
+        self.count = min(self.count + 1, self.capacity)
+        self.size.fill_(self.count)
+
+    def sample(self, batch_size: int) -> Batch:
+        # randint over [0, 2^62) modulo the size: uniform up to a bias of size / 2^62
+        idx = torch.randint(2**62, (batch_size,), device=self.size.device) % self.size
+        return Batch(*(x[idx] for x in self.data))
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses (pure functions of tensors)
+# ----------------------------------------------------------------------------------------------
+def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
+    """Asymmetric L2 of paper eq. 5: weight `expectile` where diff = q - v > 0, `1 - expectile` elsewhere."""
+    weight = torch.where(diff > 0, expectile, 1 - expectile)
+    return (weight * diff.square()).mean()
+
+
+def awr_loss(log_prob, advantage, temperature: float, max_weight: float):
+    """Advantage-weighted regression (paper eq. 7): -mean(min(exp(beta * A), max_weight) * log pi(a|s)).
+    The weights carry no gradient. Returns (loss, weights)."""
+    weights = torch.exp(temperature * advantage.detach()).clamp(max=max_weight)
+    return -(weights * log_prob).mean(), weights
+
+
+def td_target(rewards, masks, next_v, gamma: float) -> torch.Tensor:
+    """r + gamma * mask * V(s'): masks are 0 on terminal transitions only (truncations bootstrap)."""
+    return rewards + gamma * masks * next_v
+
+
+def q_loss(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Sum over the twin critics (leading axis) of their mean squared TD errors, as IK sums them."""
+    return (q - target).square().mean(dim=-1).sum()
+
+
+def gaussian_log_prob(actions, mean, log_std) -> torch.Tensor:
+    """log N(actions; mean, exp(log_std)), summed over action dimensions."""
+    z = (actions - mean) * torch.exp(-log_std)
+    return (-0.5 * z.square() - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def cosine_decay(step: int, total_steps: int) -> float:
+    """Actor LR multiplier: cosine from 1 to 0 over total_steps, then held at 0 (optax cosine_decay_schedule)."""
+    return 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+
+
+# ----------------------------------------------------------------------------------------------
+# Networks: 2x256 ReLU MLPs, orthogonal init with gain sqrt(2) and zero bias everywhere (IK `common.py`)
+# ----------------------------------------------------------------------------------------------
+def mlp(in_dim: int, out_dim: int, hidden_dim: int, dropout: Optional[float] = None) -> nn.Sequential:
+    layers = []
+    for d_in in (in_dim, hidden_dim):
+        layers += [nn.Linear(d_in, hidden_dim), nn.ReLU()]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+    layers.append(nn.Linear(hidden_dim, out_dim))
+    for layer in layers:
+        if isinstance(layer, nn.Linear):
+            nn.init.orthogonal_(layer.weight, gain=math.sqrt(2))
+            nn.init.zeros_(layer.bias)
+    return nn.Sequential(*layers)
+
+
+class TwinQ(nn.Module):
+    """Q1 and Q2 in one module: each layer's weights are stacked on a leading axis of 2, so both critics
+    run as one batched matmul per layer. Returns q of shape (2, batch)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, num_q: int = 2):
+        super().__init__()
+        sizes = [obs_dim + act_dim, hidden_dim, hidden_dim, 1]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for d_in, d_out in zip(sizes[:-1], sizes[1:]):
+            # orthogonal_ on each critic's (out, in) matrix, as nn.Linear stores it, then transposed for bmm
+            w = torch.stack([nn.init.orthogonal_(torch.empty(d_out, d_in), gain=math.sqrt(2)).T for _ in range(num_q)])
+            self.weights.append(nn.Parameter(w))
+            self.biases.append(nn.Parameter(torch.zeros(num_q, 1, d_out)))
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs, actions], -1).expand(len(self.weights[0]), -1, -1)
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x = torch.baddbmm(b, x, w)
+            if i < len(self.weights) - 1:
+                x = torch.relu(x)
+        return x.squeeze(-1)
+
+
+class Value(nn.Module):
+    def __init__(self, obs_dim: int, hidden_dim: int):
+        super().__init__()
+        self.net = mlp(obs_dim, 1, hidden_dim)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs).squeeze(-1)
+
+
+class Actor(nn.Module):
+    """Gaussian policy: mean = tanh(MLP(s)) (tanh on the mean, no squashed distribution, as IK `policy.py`)
+    and a state-independent log-std clamped to [-5, 2] (CORL uses -20 as the floor)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, dropout: Optional[float] = None):
+        super().__init__()
+        self.net = mlp(obs_dim, act_dim, hidden_dim, dropout)
+        self.log_std = nn.Parameter(torch.zeros(act_dim))
+
+    def forward(self, obs: torch.Tensor):
+        return torch.tanh(self.net(obs)), self.log_std.clamp(-5.0, 2.0)
+
+    def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        mean, log_std = self(obs)
+        return gaussian_log_prob(actions, mean, log_std)
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        """Deterministic evaluation action: the mean, clipped to [-1, 1]. Call `.eval()` first if there is dropout."""
+        mean, _ = self(obs)
+        return mean.clamp(-1.0, 1.0)
+
+
+@torch.no_grad()
+def explore(actor: Actor, obs: torch.Tensor) -> torch.Tensor:
+    """Online action: a sample of the Gaussian policy, clipped to [-1, 1] (IK: temperature 1, then np.clip)."""
+    mean, log_std = actor(obs)
+    return (mean + log_std.exp() * torch.randn_like(mean)).clamp(-1.0, 1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# One IQL update (paper Algorithm 1; IK `learner.py`: value, then actor and critic with the new V, then target)
+# ----------------------------------------------------------------------------------------------
+@torch.compiler.disable  # under --compile the losses are compiled; the (fused) optimizer steps stay as they are
+def optimizer_step(optimizer, loss):
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def update(batch: Batch, actor, critic, target_critic, value, actor_opt, critic_opt, value_opt, args: Args):
+    obs, actions, rewards, next_obs, masks = batch
+    with torch.no_grad():
+        target_q = target_critic(obs, actions).min(0).values  # reused by the value and the actor step
+
+    # 1. Value: expectile regression on the target critics' minimum.
+    value_loss = expectile_loss(target_q - value(obs), args.expectile)
+    optimizer_step(value_opt, value_loss)
+
+    # V_new(s) and V_new(s') in one forward. IK uses the updated V for both the advantage and the TD target;
+    # CORL and IQL-PyTorch use the V from before its step.
+    with torch.no_grad():
+        v, next_v = value(torch.cat([obs, next_obs])).chunk(2)
+    advantage = target_q - v
+
+    # 2. Actor: advantage-weighted regression on the dataset actions.
+    actor_loss, weights = awr_loss(actor.log_prob(obs, actions), advantage, args.temperature, args.max_weight)
+    optimizer_step(actor_opt, actor_loss)
+
+    # 3. Critics: regression on r + gamma * mask * V_new(s').
+    critic_loss = q_loss(critic(obs, actions), td_target(rewards, masks, next_v, args.gamma))
+    optimizer_step(critic_opt, critic_loss)
+
+    # 4. Polyak averaging of the target critics, one foreach kernel over all parameters.
+    with torch.no_grad():
+        torch._foreach_lerp_(list(target_critic.parameters()), list(critic.parameters()), args.tau)
+
+    return {
+        "losses/value_loss": value_loss.detach(),
+        "losses/actor_loss": actor_loss.detach(),
+        "losses/q_loss": critic_loss.detach(),
+        "charts/advantage_mean": advantage.mean(),
+        "charts/weight_mean": weights.mean(),
+    }
+
+
+class Networks(NamedTuple):
+    actor: nn.Module
+    critic: nn.Module
+    target_critic: nn.Module
+    value: nn.Module
+    optimizers: tuple  # Adam for the actor, the critics and the value, in that order
+    actor_schedule: torch.optim.lr_scheduler.LRScheduler
+
+
+def make_networks(obs_dim: int, act_dim: int, args: Args, device, lr_decay_steps: Optional[int]) -> Networks:
+    """The actor, twin critics, their target copy, the value, their Adam optimisers and the actor's schedule:
+    a cosine from the learning rate to 0 over `lr_decay_steps` updates, or constant where that is None."""
+    device = torch.device(device)
+    actor = Actor(obs_dim, act_dim, args.hidden_dim, args.dropout).to(device)
+    critic = TwinQ(obs_dim, act_dim, args.hidden_dim).to(device)
+    target_critic = copy.deepcopy(critic).requires_grad_(False)
+    value = Value(obs_dim, args.hidden_dim).to(device)
+
+    # Adam with torch defaults (IK: no weight decay, no clipping), fused kernels. The learning rate is a tensor
+    # that the schedule fills in place, so a captured CUDA graph sees each new value.
+    def adam(module):
+        lr = torch.tensor(args.learning_rate, device=device)
+        return torch.optim.Adam(module.parameters(), lr=lr, fused=True, capturable=device.type == "cuda")
+
+    optimizers = (adam(actor), adam(critic), adam(value))
+    decay = (lambda t: cosine_decay(t, lr_decay_steps)) if lr_decay_steps else (lambda t: 1.0)
+    actor_schedule = torch.optim.lr_scheduler.LambdaLR(optimizers[0], decay)
+    return Networks(actor, critic, target_critic, value, optimizers, actor_schedule)
+
+
+def make_train_step(sample: Callable[[], Batch], networks: Networks, args: Args, mode: Optional[str] = None):
+    """step() draws a batch with sample(), runs one update and advances the actor's schedule; it returns the
+    metrics (tensors).
+
+    mode None runs eagerly, "compile" through torch.compile, "cudagraphs" replays a captured CUDA graph.
+    """
+    actor, critic, target_critic, value, optimizers, actor_schedule = networks
+
+    def sample_and_update():
+        return update(sample(), actor, critic, target_critic, value, *optimizers, args)
+
+    fn = sample_and_update
+    if mode == "compile":
+        fn = torch.compile(sample_and_update)
+    elif mode == "cudagraphs":
+        fn = cuda_graph(sample_and_update)
+
+    def step():
+        metrics = fn()
+        actor_schedule.step()
+        return metrics
+
+    return step
+
+
+def cuda_graph(fn, warmup: int = 3):
+    """Each call runs fn once: the first `warmup` calls eagerly on a side stream (so that Adam's state and the
+    gradients exist), then one capture, then graph replays. Falls back to eager calls where capture fails."""
+    graph, outputs, calls, stream = None, None, 0, torch.cuda.Stream()
+
+    def call():
+        nonlocal graph, outputs, calls
+        calls += 1
+        if graph is False:  # capture failed: plain eager calls from now on
+            return fn()
+        if calls <= warmup:
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                result = fn()
+            torch.cuda.current_stream().wait_stream(stream)
+            return result
+        if graph is None:
+            try:
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    outputs = fn()
+            except Exception as e:
+                print(f"warning: CUDA graph capture failed ({str(e).splitlines()[0][:200]}); the update runs eagerly")
+                torch.cuda.synchronize()
+                graph = False
+                return fn()
+        graph.replay()
+        return outputs
+
+    return call
+
+
+def save_checkpoint(path: str, networks: Networks, args: Args, step: int, obs_dim: int, act_dim: int, info: dict):
+    """Everything needed to go on training: the networks, the optimisers' state, and how the data were scaled."""
+    actor, critic, target_critic, value, optimizers, _ = networks
+    torch.save({"args": asdict(args), "step": step, "obs_dim": obs_dim, "act_dim": act_dim,
+                "reward_scale": info["reward_scale"], "actor": actor.state_dict(), "critic": critic.state_dict(),
+                "target_critic": target_critic.state_dict(), "value": value.state_dict(),
+                "optimizers": [opt.state_dict()["state"] for opt in optimizers]}, path)
+    print(f"model saved to {path}")
+
+
+def load_checkpoint(path: str, networks: Networks, args: Args, obs_dim: int, act_dim: int) -> int:
+    """Load a --save-model file into the networks (and the optimisers, where it holds their state); returns the
+    number of updates it was trained for. A file from another env or script fails here with one line."""
+    try:
+        ckpt = torch.load(path, map_location=networks.value.net[0].weight.device, weights_only=True)
+    except Exception as e:
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}" if str(e) else type(e).__name__
+        raise UserError(f"cannot read checkpoint {path} as a file saved by torch.save ({reason})") from None
+    names = ("actor", "critic", "target_critic", "value")
+    if not isinstance(ckpt, dict) or not {*names, "obs_dim", "act_dim", "args"} <= set(ckpt):
+        raise UserError(f"{path} is not a checkpoint saved with --save-model by these scripts")
+    trained = ckpt["args"].get("env_id", "?")
+    if (ckpt["obs_dim"], ckpt["act_dim"]) != (obs_dim, act_dim):
+        raise UserError(f"checkpoint {path} has input {ckpt['obs_dim']} and action {ckpt['act_dim']} (trained on "
+                        f"{trained}), but {args.env_id} needs {obs_dim} and {act_dim}: another env, or --goal-input differs")
+    if ckpt["args"].get("hidden_dim") != args.hidden_dim:
+        raise UserError(f"checkpoint {path} has --hidden-dim {ckpt['args'].get('hidden_dim')}, this run "
+                        f"{args.hidden_dim}: pass --hidden-dim {ckpt['args'].get('hidden_dim')}")
+    try:
+        for name in names:
+            getattr(networks, name).load_state_dict(ckpt[name])
+    except RuntimeError as e:  # e.g. a dropout layer more or less shifts the layer names
+        reason = " ".join(str(e).split())[:200]
+        raise UserError(f"checkpoint {path} does not fit these networks ({reason})") from None
+    if "optimizers" in ckpt:  # the Adam moments; the learning rates and options stay this run's
+        for opt, state in zip(networks.optimizers, ckpt["optimizers"]):
+            opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
+    else:
+        print(f"note: {path} holds no optimiser state (an offline script saved it): Adam starts afresh")
+    if trained != args.env_id:
+        print(f"warning: checkpoint {path} was trained on {trained}, this run fine-tunes on {args.env_id}")
+    return int(ckpt.get("step", ckpt["args"].get("total_steps", 0)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Environments and evaluation
+# ----------------------------------------------------------------------------------------------
+def make_eval_envs(env_spec, num_envs: int, render: bool = False, **overrides) -> gym.vector.SyncVectorEnv:
+    """A sync vector env of the dataset's eval env (keyword overrides go to every env); with render, the first
+    env renders rgb frames. Sync, not async: measured faster on a 2-core machine (README, Speed)."""
+    kwargs = [{**overrides, "render_mode": "rgb_array"} if render and i == 0 else overrides for i in range(num_envs)]
+    return gym.vector.SyncVectorEnv([lambda kw=kw: gym.make(env_spec, **kw) for kw in kwargs])
+
+
+def record_success(reached: np.ndarray, done: np.ndarray, info: dict) -> np.ndarray:
+    """Mark the envs whose current (first) episode reports info["success"]; envs already done are ignored."""
+    if "success" not in info:
+        return reached
+    success = np.asarray(info["success"], dtype=bool) & np.asarray(info.get("_success", True), dtype=bool)
+    return reached | (success & ~done)
+
+
+def evaluate(actor: Actor, envs: gym.vector.SyncVectorEnv, seeds: list[int], device, observe: Callable, frames=None):
+    """One full episode per env with the deterministic action; returns (returns, reached the goal) per env.
+    observe(obs) turns the vector env's observations into the network input.
+
+    Gymnasium's vector envs autoreset on the step after an episode ends, so each env's first episode
+    is counted through a done mask and later steps are ignored. With `frames` (a list), the first env's
+    episode is rendered into it.
+    """
+    actor.eval()  # dropout off
+    obs, _ = envs.reset(seed=seeds)
+    returns = np.zeros(envs.num_envs)
+    reached = np.zeros(envs.num_envs, dtype=bool)
+    done = np.zeros(envs.num_envs, dtype=bool)
+    while not done.all():
+        if frames is not None and not done[0]:
+            frames.append(envs.envs[0].render())
+        action = actor.act(torch.as_tensor(observe(obs), device=device)).cpu().numpy()
+        obs, reward, terminated, truncated, info = envs.step(action)
+        returns += np.where(done, 0.0, reward)
+        reached = record_success(reached, done, info)
+        done |= terminated | truncated
+    actor.train()
+    return returns, reached
+
+
+def reference_scores(dataset, env_task: Optional[str]):
+    """(min, max, source) for the normalised score: the dataset's own, else D4RL's, else None."""
+    meta = dataset.storage.metadata
+    if meta.get("ref_min_score") is not None and meta.get("ref_max_score") is not None:
+        return meta["ref_min_score"], meta["ref_max_score"], "the dataset's ref_min_score/ref_max_score"
+    if env_task in D4RL_REF_SCORES:
+        return (*D4RL_REF_SCORES[env_task], f"D4RL's {env_task} constants (d4rl/infos.py)")
+    return None, None, "no reference scores in the dataset and no D4RL constants for this env"
+
+
+def make_envs(dataset, maze: bool, num_eval: int, render: bool = False):
+    """The online env and, separately, the vector env of evaluation episodes, both from the dataset's eval spec.
+
+    A Minari maze dataset records a continuing task of up to 1e6 steps, on some datasets with a new random goal
+    now and then: the wrong env to act in. Its eval spec has the evaluation horizon; with continuing_task=False
+    an episode ends at the goal (a true termination, info["success"]), as D4RL's AntMaze episodes do. IK acts
+    and evaluates in one env; a separate one keeps evaluation from cutting the online episodes short."""
+    env = dataset.recover_environment(eval_env=True)
+    spec = env.spec
+    env.close()
+    overrides = {"continuing_task": False} if maze else {}
+    return gym.make(spec, **overrides), make_eval_envs(spec, num_eval, render=render, **overrides)
+
+
+def main(args: Args):
+    check_args(args)
+    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}".replace("/", "-")
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    # Data: the dataset fills the start of the replay buffer, on the training device.
+    t0 = time.time()
+    data, dataset, info = load_data(args)
+    (n, obs_dim), act_dim = data.observations.shape, data.actions.shape[1]
+    buffer = ReplayBuffer(data, args.buffer_size, device)
+    del data
+    print(f"loaded {args.env_id}: {n:,} transitions, input {obs_dim}, action {act_dim}, "
+          + ("rewards r - 1, terminal at the goal" if info["maze"] else f"reward scale {info['reward_scale']:.4g}")
+          + f" ({time.time() - t0:.1f}s); replay buffer of {args.buffer_size:,} on {device}")
+    if args.batch_size > n:
+        raise UserError(f"--batch-size {args.batch_size} is larger than the dataset ({n} transitions)")
+    if not info["maze"]:
+        print("note: the defaults are IK's AntMaze fine-tuning ones (expectile 0.9, temperature 10); IK uses "
+              "0.7 / 3 for locomotion and 0.7 / 0.5 with dropout 0.1 for Adroit: pass them as flags")
+
+    env, envs = make_envs(dataset, info["maze"], args.eval_episodes, render=args.capture_video)
+    eval_spec = envs.envs[0].spec
+    if not (np.all(env.action_space.low == -1) and np.all(env.action_space.high == 1)):
+        raise UserError(f"{eval_spec.id} has actions in [{env.action_space.low}, {env.action_space.high}]; "
+                        "the tanh policy here acts in [-1, 1]")
+    ref_min, ref_max, ref_source = (0.0, 1.0, "100 x success rate") if info["maze"] else \
+        reference_scores(dataset, info["task"])
+    print(f"online and evaluation env: {eval_spec.id}" + (" with continuing_task=False" if info["maze"] else "")
+          + f", at most {eval_spec.max_episode_steps} steps; normalised score from {ref_source}"
+          + ("" if ref_min is not None else ": logging the return only"))
+    if args.capture_video:  # fail now, not at the first evaluation
+        try:
+            from gymnasium.utils.save_video import save_video
+
+            envs.reset(seed=args.seed)
+            envs.envs[0].render()
+        except Exception as e:
+            raise UserError(f"--capture-video cannot render ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                            "on a headless machine set MUJOCO_GL=egl (or osmesa), and pip install moviepy") from None
+    eval_rng = np.random.default_rng(args.seed)  # fresh, reproducible episode seeds for every evaluation
+    observe = partial(network_input, goal_input=args.goal_input)
+
+    networks = make_networks(obs_dim, act_dim, args, device, lr_decay_steps=None)  # constant rates (IK fine-tune)
+    actor = networks.actor
+    mode = "cudagraphs" if args.cudagraphs else "compile" if args.compile else None
+    train_step = make_train_step(lambda: buffer.sample(args.batch_size), networks, args, mode)
+
+    # Updates are counted over both phases: 1..offline_end on the dataset, then online_steps more online.
+    start = 0
+    if args.checkpoint:
+        start = load_checkpoint(args.checkpoint, networks, args, obs_dim, act_dim)
+        print(f"loaded {args.checkpoint} ({start:,} updates): pre-training skipped")
+    offline_end = start if args.checkpoint else args.offline_steps
+    end = offline_end + args.online_steps
+
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                   config=vars(args), name=run_name, save_code=True)
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(f"runs/{run_name}")
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    writer.add_text("dataset", f"{args.env_id} -> {', '.join(info['dataset_ids'])}; {n} transitions; "
+                               f"reward scale {info['reward_scale']}; scores from {ref_source}; "
+                               f"online phase from update {offline_end}")
+
+    evaluations = []  # (step, mean return, normalised score or None, success rate or None)
+
+    def evaluate_and_log(step: int):
+        frames = [] if args.capture_video else None
+        seeds = eval_rng.integers(2**31, size=args.eval_episodes).tolist()
+        returns, reached = evaluate(actor, envs, seeds, device, observe, frames)
+        if frames:
+            save_video(frames, f"videos/{run_name}", fps=envs.envs[0].metadata["render_fps"],
+                       name_prefix=f"eval-step-{step}", episode_trigger=lambda _: True)
+        writer.add_scalar("charts/episodic_return", returns.mean(), step)
+        line = f"step {step:>9,} {'online ' if step > offline_end else 'offline'}  return {returns.mean():9.2f}"
+        score = success = None
+        if info["maze"]:
+            success = reached.mean()
+            writer.add_scalar("charts/success_rate", success, step)
+            line += f"  success {success:5.2f} ({reached.sum()}/{len(reached)})"
+        if ref_min is not None:
+            score = 100 * (success if info["maze"] else (returns.mean() - ref_min) / (ref_max - ref_min))
+            writer.add_scalar("charts/normalized_score", score, step)
+            line += f"  normalized {score:7.2f}"
+        evaluations.append((step, returns.mean(), score, success))
+        print(line, flush=True)
+
+    if offline_end == start:  # the online phase starts right away: evaluate the policy it starts from
+        evaluate_and_log(start)
+    obs, _ = env.reset(seed=args.seed)
+    episode_return, episode_length, episodes = 0.0, 0, 0
+    phase_start, phase_time = start, time.time()
+    for step in range(start + 1, end + 1):
+        if step > offline_end:
+            # Online: one env step with a sample of the policy, stored in the buffer.
+            x = observe(obs)
+            actor.eval()  # dropout off while acting, as IK samples actions
+            action = explore(actor, torch.as_tensor(x, device=device)).cpu().numpy()
+            actor.train()
+            obs, reward, terminated, truncated, env_info = env.step(action)
+            buffer.add(*online_transition(x, action, reward, observe(obs), terminated, info))
+            episode_return, episode_length = episode_return + reward, episode_length + 1
+            if terminated or truncated:
+                episodes += 1
+                writer.add_scalar("charts/online_return", episode_return, step)
+                writer.add_scalar("charts/online_length", episode_length, step)
+                writer.add_scalar("charts/online_episodes", episodes, step)
+                if info["maze"]:
+                    writer.add_scalar("charts/online_success", float(env_info.get("success", False)), step)
+                obs, _ = env.reset()
+                episode_return, episode_length = 0.0, 0
+
+        metrics = train_step()
+
+        if step % args.log_freq == 0:
+            values = torch.stack(list(metrics.values())).tolist()  # the only host sync between evaluations
+            for tag, v in zip(metrics, values):
+                writer.add_scalar(tag, v, step)
+            writer.add_scalar("charts/actor_lr", args.learning_rate, step)
+            writer.add_scalar("charts/buffer_size", buffer.count, step)
+            writer.add_scalar("charts/SPS", int((step - phase_start) / (time.time() - phase_time)), step)
+
+        if step % args.eval_freq == 0 or step in (offline_end, end):
+            evaluate_and_log(step)
+
+        if step == offline_end:  # the phase change
+            writer.add_scalar("charts/online_start_step", offline_end, step)
+            print(f"offline phase done after {offline_end:,} updates ({time.time() - phase_time:.0f}s); "
+                  f"online phase: {args.online_steps:,} steps", flush=True)
+            if args.save_model:
+                save_checkpoint(f"runs/{run_name}/{args.exp_name}_offline.pt", networks, args, step, obs_dim, act_dim,
+                                info)
+            phase_start, phase_time = step, time.time()
+
+    # The evaluations at the phase change and at the end; the best one is labelled as such.
+    key = 3 if info["maze"] else 2 if ref_min is not None else 1
+    name = ("success rate", "normalized", "return")[3 - key]
+    at_change = next(e for e in evaluations if e[0] == offline_end)
+    final, best = evaluations[-1], max(evaluations, key=lambda e: e[key])
+    print(f"offline end (step {at_change[0]:,}): {name} {at_change[key]:.2f}; online end (step {final[0]:,}): "
+          f"{name} {final[key]:.2f} over {episodes} online episodes; best evaluation (step {best[0]:,}): {best[key]:.2f}")
+
+    if args.save_model and args.online_steps > 0:
+        save_checkpoint(f"runs/{run_name}/{args.exp_name}_online.pt", networks, args, end, obs_dim, act_dim, info)
+    env.close()
+    envs.close()
+    writer.close()
+
+
+if __name__ == "__main__":
+    args = tyro.cli(Args)
+    try:
+        main(args)
+    except UserError as e:  # user mistakes: one line, no traceback
+        sys.exit(f"error: {e}")

@@ -1,0 +1,222 @@
+"""iql_finetune.py: the replay buffer, online transitions (masks, rewards), checkpoints, the script end to end."""
+
+import inspect
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from conftest import assert_one_line_error, run_script, scalars
+
+import iql_antmaze as maze
+import iql_continuous as cont
+import iql_finetune as ft
+
+# Deliberate copies: the fine-tuning script holds the offline scripts' code for the update and the data.
+FROM_CONTINUOUS = ["UserError", "load_minari_dataset", "Batch", "expectile_loss", "awr_loss", "td_target", "q_loss",
+                   "gaussian_log_prob", "cosine_decay", "mlp", "TwinQ", "Value", "Actor", "optimizer_step", "update",
+                   "Networks", "make_networks", "make_train_step", "cuda_graph", "make_eval_envs", "flatten_episodes",
+                   "trajectory_ends", "reward_scale", "reference_scores"]
+FROM_ANTMAZE = ["maze_observations", "maze_rewards_and_terminals", "flatten_maze_episodes", "record_success",
+                "evaluate"]
+
+
+@pytest.mark.parametrize("name, source", [(n, cont) for n in FROM_CONTINUOUS] + [(n, maze) for n in FROM_ANTMAZE])
+def test_shared_code_is_identical(name, source):
+    assert inspect.getsource(getattr(ft, name)) == inspect.getsource(getattr(source, name))
+
+
+def indexed_data(n: int) -> ft.Batch:
+    """Transitions whose reward is their index, so a sampled batch tells which rows it came from."""
+    ids = torch.arange(n, dtype=torch.float32)
+    return ft.Batch(ids[:, None].repeat(1, 3), torch.zeros(n, 2), ids, ids[:, None].repeat(1, 3), torch.ones(n))
+
+
+def test_buffer_prefill_append_and_wrap_around():
+    buffer = ft.ReplayBuffer(indexed_data(5), capacity=7, device="cpu")
+    assert buffer.count == 5 and buffer.size.item() == 5
+    np.testing.assert_array_equal(buffer.data.rewards.numpy(), [0, 1, 2, 3, 4, 0, 0])  # the dataset, in order
+    for r in (5, 6):
+        buffer.add(np.full(3, r), np.zeros(2), float(r), np.full(3, r + 0.5), 0.0)
+    np.testing.assert_array_equal(buffer.data.rewards.numpy(), [0, 1, 2, 3, 4, 5, 6])
+    np.testing.assert_array_equal(buffer.data.next_observations[6].numpy(), [6.5, 6.5, 6.5])
+    assert buffer.data.masks[6].item() == 0.0 and buffer.count == 7
+    for r in (7, 8):  # full: the oldest (dataset) transitions are overwritten first
+        buffer.add(np.full(3, r), np.zeros(2), float(r), np.full(3, r), 1.0)
+    np.testing.assert_array_equal(buffer.data.rewards.numpy(), [7, 8, 2, 3, 4, 5, 6])
+    assert buffer.count == 7 and buffer.size.item() == 7 and buffer.next == 2
+
+
+def test_buffer_refuses_less_room_than_the_dataset():
+    with pytest.raises(ft.UserError, match="smaller than the dataset"):
+        ft.ReplayBuffer(indexed_data(10), capacity=9, device="cpu")
+
+
+def test_buffer_samples_uniformly_over_dataset_and_online_part():
+    torch.manual_seed(0)
+    buffer = ft.ReplayBuffer(indexed_data(60), capacity=100, device="cpu")
+    assert buffer.sample(4096).rewards.max() < 60  # empty slots are never drawn
+    for r in range(60, 90):
+        buffer.add(np.full(3, r), np.zeros(2), float(r), np.full(3, r), 1.0)
+    ids = torch.cat([buffer.sample(1000).rewards for _ in range(90)]).long()
+    counts = torch.bincount(ids, minlength=100).numpy()
+    assert counts[90:].sum() == 0  # stored rows only
+    assert counts[:90].min() > 0.75 * 1000 and counts[:90].max() < 1.25 * 1000  # 1000 expected per row
+    assert abs(counts[60:90].sum() / len(ids) - 30 / 90) < 0.01  # the online third
+
+
+def test_online_transition_masks_termination_not_truncation(maze_root):
+    """Real PointMaze, episodic: reaching the goal terminates (mask 0, reward 1 -> 0, as the offline rule);
+    a time-limit truncation keeps mask 1 and reward 0 -> -1."""
+    import minari
+
+    spec = minari.load_dataset("test/pointmaze/random-v0").recover_environment(eval_env=True).spec
+    corridor = [[1, 1, 1, 1], [1, "g", "r", 1], [1, 1, 1, 1]]  # reset one cell from the goal
+    env = gym.make(spec, continuing_task=False, maze_map=corridor, max_episode_steps=40)
+    info = {"maze": True, "reward_scale": 1.0}
+    obs, _ = env.reset(seed=0)
+    terminated = truncated = False
+    while not (terminated or truncated):  # head for the goal
+        action = np.clip(5 * (obs["desired_goal"] - obs["achieved_goal"]), -1, 1)
+        obs, reward, terminated, truncated, env_info = env.step(action)
+    assert terminated and env_info["success"] and reward == 1.0
+    *_, r, _, mask = ft.online_transition(None, action, reward, None, terminated, info)
+    assert (r, mask) == (0.0, 0.0)
+    offline_r, offline_terminal = ft.maze_rewards_and_terminals(np.array([reward], dtype=np.float32))
+    assert (r, mask) == (offline_r[0], 1.0 - offline_terminal[0])  # the dataset's transform, step for step
+
+    env.reset(seed=1)
+    for _ in range(40):  # stand still until the time limit
+        _, reward, terminated, truncated, _ = env.step(np.zeros(2))
+    assert truncated and not terminated and reward == 0.0
+    *_, r, _, mask = ft.online_transition(None, None, reward, None, terminated, info)
+    assert (r, mask) == (-1.0, 1.0)
+    env.close()
+
+
+def test_online_rewards_get_the_dataset_scale(minari_root):
+    """Locomotion: the dataset's rewards are raw rewards times the scale; online rewards get the same factor.
+    A hopper that falls terminates (mask 0)."""
+    _, buffers = minari_root
+    data, _, info = ft.load_data(ft.Args(env_id="test/hopper/random-v0"))
+    raw = np.concatenate([b.rewards for b in buffers["test/hopper/random-v0"]])
+    assert info["reward_scale"] != 1.0 and not info["maze"]
+    online = [ft.online_reward(r, info) for r in raw]
+    np.testing.assert_allclose(data.rewards.numpy(), online, rtol=1e-6)
+    terminations = np.concatenate([b.terminations for b in buffers["test/hopper/random-v0"]])
+    assert terminations.any()
+    np.testing.assert_array_equal(data.masks.numpy(), 1.0 - terminations)
+    env = gym.make("Hopper-v5")
+    env.reset(seed=0)
+    terminated = False
+    while not terminated:
+        _, reward, terminated, truncated, _ = env.step(np.ones(3))
+        assert not truncated
+    assert ft.online_transition(None, None, reward, None, terminated, info)[4] == 0.0
+    env.close()
+
+
+def test_maze_data_and_observations_as_the_offline_scripts(maze_root):
+    data, _, info = ft.load_data(ft.Args(env_id="test/pointmaze/random-v0"))
+    offline, _, _ = maze.load_data(maze.Args(env_id="test/pointmaze/random-v0"), "cpu")
+    for a, b in zip(data, offline):
+        torch.testing.assert_close(a, b)
+    assert info["maze"] and info["reward_scale"] == 1.0
+    obs = {"achieved_goal": np.array([1.0, 2.0]), "observation": np.array([1.0, 2.0, 0.0, 0.0]),
+           "desired_goal": np.array([3.0, 4.0])}
+    assert ft.network_input(obs, goal_input=True).tolist() == [1, 2, 1, 2, 0, 0, 3, 4]
+    assert ft.network_input(np.arange(3.0), goal_input=True).dtype == np.float32
+
+
+def test_explore_samples_around_the_mean_within_bounds():
+    torch.manual_seed(0)
+    actor = ft.Actor(4, 2, 16)
+    with torch.no_grad():
+        actor.log_std.fill_(np.log(0.3))
+    obs = torch.zeros(20000, 4)
+    actions = ft.explore(actor, obs)
+    mean = actor.act(obs[:1])
+    assert actions.abs().max() <= 1
+    torch.testing.assert_close(actions.mean(0), mean[0], atol=0.02, rtol=0)  # the mean is small: no clipping bias
+    assert 0.28 < actions.std(0).min() < 0.32
+
+
+def test_end_to_end_offline_then_online_and_checkpoint(maze_root, tmp_path):
+    common = ["--env-id", "test/pointmaze/random-v0", "--eval-episodes", "2", "--hidden-dim", "32", "--log-freq", "50",
+              "--no-cuda"]
+    out = run_script("iql_finetune", tmp_path, *common, "--offline-steps", "100", "--online-steps", "150",
+                     "--eval-freq", "100", "--save-model", "--exp-name", "ft")
+    assert out.returncode == 0, out.stderr
+    assert "offline phase done after 100 updates" in out.stdout and "online end (step 250)" in out.stdout
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    logged = scalars(run_dir)
+    assert [s for s, _ in logged["losses/q_loss"]] == [50, 100, 150, 200, 250]
+    assert [s for s, _ in logged["charts/success_rate"]] == [100, 200, 250]  # both phases, the change, the end
+    assert logged["charts/online_start_step"] == [(100, 100.0)]
+    # The eval horizon is 60 steps: 150 online steps make two whole episodes (after 60 and 120 online steps).
+    assert [s for s, _ in logged["charts/online_return"]] == [160, 220]
+    assert [v for _, v in logged["charts/online_episodes"]] == [1, 2]
+    assert len(logged["charts/online_success"]) == 2
+    assert [v for _, v in logged["charts/buffer_size"]] == [360, 360, 410, 460, 510]  # 6 x 60 data, then +1 a step
+    for phase in ("offline", "online"):
+        ckpt = torch.load(run_dir / f"ft_{phase}.pt", weights_only=True)
+        assert ckpt["step"] == (100 if phase == "offline" else 250) and len(ckpt["optimizers"]) == 3
+
+    # Starting from the offline checkpoint skips pre-training: the online phase begins at its step.
+    resume = tmp_path / "resume"
+    resume.mkdir()
+    out = run_script("iql_finetune", resume, *common, "--checkpoint", str(run_dir / "ft_offline.pt"),
+                     "--online-steps", "100", "--eval-freq", "1000")
+    assert out.returncode == 0, out.stderr
+    assert "pre-training skipped" in out.stdout and "offline phase done" not in out.stdout
+    (run_dir,) = (resume / "runs").iterdir()
+    logged = scalars(run_dir)
+    assert [s for s, _ in logged["losses/q_loss"]] == [150, 200]
+    assert [s for s, _ in logged["charts/success_rate"]] == [100, 200]  # the loaded policy, then the end
+    assert [s for s, _ in logged["charts/online_return"]] == [160]
+
+
+def test_end_to_end_flat_observations(minari_root, tmp_path):
+    """Locomotion data: the online env is Hopper-v5, whose episodes end early when the hopper falls."""
+    out = run_script("iql_finetune", tmp_path, "--env-id", "test/hopper/random-v0", "--offline-steps", "50",
+                     "--online-steps", "100", "--eval-freq", "100", "--eval-episodes", "2", "--hidden-dim", "32",
+                     "--log-freq", "50", "--no-cuda", "--expectile", "0.7", "--temperature", "3")
+    assert out.returncode == 0, out.stderr
+    assert "reward scale" in out.stdout and "normalized" in out.stdout
+    logged = scalars(next((tmp_path / "runs").iterdir()))
+    assert len(logged["charts/online_return"]) >= 3 and "charts/online_success" not in logged
+    assert [s for s, _ in logged["charts/normalized_score"]] == [50, 100, 150]
+
+
+@pytest.fixture(scope="module")
+def hopper_checkpoint(minari_root, tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("ckpt")
+    out = run_script("iql_continuous", cwd, "--env-id", "test/hopper/random-v0", "--total-steps", "20",
+                     "--eval-episodes", "1", "--hidden-dim", "32", "--save-model", "--exp-name", "h", "--no-cuda")
+    assert out.returncode == 0, out.stderr
+    return str(next(cwd.glob("runs/*/h.pt")))
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--env-id", "hopper-random-v2"], "unknown env id"),
+    (["--env-id", "test/pointmaze/absent-v0"], "could not be downloaded"),
+    (["--env-id", "test/pointmaze/random-v0", "--buffer-size", "100"], "smaller than the dataset (360 transitions)"),
+    (["--env-id", "test/pointmaze/random-v0", "--checkpoint", "absent.pt"], "no such file"),
+    (["--env-id", "test/pointmaze/random-v0", "--checkpoint", "HOPPER"], "another env, or --goal-input differs"),
+    (["--env-id", "test/hopper/random-v0", "--checkpoint", "HOPPER"], "pass --hidden-dim 32"),
+    (["--env-id", "test/pointmaze/random-v0", "--online-steps", "-1"], "--online-steps must be >= 0"),
+])
+def test_bad_input_is_one_line(maze_root, hopper_checkpoint, tmp_path, flags, message):
+    flags = [hopper_checkpoint if f == "HOPPER" else f for f in flags]
+    out = run_script("iql_finetune", tmp_path, *flags, "--eval-episodes", "1", timeout=120)
+    assert_one_line_error(out, message)
+
+
+def test_offline_checkpoint_loads_with_fresh_optimisers(minari_root, hopper_checkpoint, capsys):
+    args = ft.Args(env_id="test/hopper/random-v0", hidden_dim=32)
+    nets = ft.make_networks(11, 3, args, "cpu", lr_decay_steps=None)
+    step = ft.load_checkpoint(hopper_checkpoint, nets, args, 11, 3)
+    assert step == 20  # iql_continuous.py's --total-steps
+    ckpt = torch.load(hopper_checkpoint, weights_only=True)
+    torch.testing.assert_close(nets.actor.state_dict()["log_std"], ckpt["actor"]["log_std"])
+    assert "Adam starts afresh" in capsys.readouterr().out
