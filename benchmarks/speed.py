@@ -152,13 +152,19 @@ class Baseline:
 # Each script's own update
 # ----------------------------------------------------------------------------------------------
 class ScriptUpdate:
-    """A script's own train step (sample + update + schedule), built as its main() builds it."""
+    """A script's own train step (sample + update + schedule), built as its main() builds it: the offline
+    scripts sample the dataset with a cosine actor LR; the fine-tuning one samples its replay buffer (the data
+    plus as much room again) with constant rates."""
 
     def __init__(self, module, data, device, compile_mode: Optional[str] = None):
-        args = module.Args()
-        nets = module.make_networks(OBS, ACT, args, device, lr_decay_steps=1_000_000)
-        batch = module.Batch(*data)
-        self.train = module.make_train_step(lambda: module.sample_batch(batch, args.batch_size), nets, args, compile_mode)
+        args, batch = module.Args(), module.Batch(*data)
+        if hasattr(module, "ReplayBuffer"):
+            buffer = module.ReplayBuffer(batch, 2 * DATA, device)
+            sample, decay_steps = (lambda: buffer.sample(args.batch_size)), None
+        else:
+            sample, decay_steps = (lambda: module.sample_batch(batch, args.batch_size)), 1_000_000
+        nets = module.make_networks(OBS, ACT, args, device, lr_decay_steps=decay_steps)
+        self.train = module.make_train_step(sample, nets, args, compile_mode)
 
 
 def make_data(device):
