@@ -26,7 +26,7 @@ import random
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
@@ -84,14 +84,14 @@ class Args:
     """discount factor"""
     tau: float = 0.005
     """Polyak rate of the target critics (IK's name; the paper's tau is the expectile)"""
-    expectile: float = 0.9
-    """expectile of the value regression (0.5 = mean, towards 1 = max over dataset actions)"""
-    temperature: float = 10.0
-    """inverse temperature beta of the advantage weights; 0 is plain behaviour cloning"""
+    expectile: Optional[float] = None
+    """expectile of the value regression (0.5 = mean, towards 1 = max over dataset actions); None: domain default"""
+    temperature: Optional[float] = None
+    """inverse temperature beta of the advantage weights (0 is behaviour cloning); None: domain default"""
     max_weight: float = 100.0
     """upper clip of the advantage weights exp(beta * A)"""
     dropout: Optional[float] = None
-    """dropout rate after every hidden layer of the actor (None: no dropout)"""
+    """dropout rate after every hidden layer of the actor, in training only (0: none); None: domain default"""
     hidden_dim: int = 256
     """units in each of the two hidden layers of every network"""
     compile: bool = False
@@ -114,6 +114,15 @@ POINTMAZE_MAPS = ("umaze", "medium", "large")  # sparse rewards only: the termin
 MAZE_KEYS = {"observation", "achieved_goal", "desired_goal"}
 MINARI_ID = re.compile(r"^[\w.-]+(/[\w.-]+)*/[\w.-]+-v\d+$")
 
+# Hyperparameters per domain (SPEC section 2, IK `configs/`). A field left at None takes its domain's value;
+# a flag the user sets always wins (--dropout 0 turns dropout off).
+DOMAIN_DEFAULTS = {
+    "locomotion": {"expectile": 0.7, "temperature": 3.0, "dropout": None},
+    "maze": {"expectile": 0.9, "temperature": 10.0, "dropout": None},
+    "adroit": {"expectile": 0.7, "temperature": 0.5, "dropout": 0.1},
+    "kitchen": {"expectile": 0.7, "temperature": 0.5, "dropout": 0.1},
+}
+
 
 class UserError(Exception):
     """A mistake in the command line or the data set-up: reported as one line, without a traceback."""
@@ -121,9 +130,9 @@ class UserError(Exception):
 
 def check_args(args: Args):
     """Reject values the algorithm cannot use, before any heavy work."""
-    if not 0 < args.expectile < 1:
+    if args.expectile is not None and not 0 < args.expectile < 1:
         raise UserError(f"--expectile must be in (0, 1), got {args.expectile}")
-    if args.temperature < 0:
+    if args.temperature is not None and args.temperature < 0:
         raise UserError(f"--temperature must be >= 0 (0 is behaviour cloning), got {args.temperature}")
     if args.cudagraphs and not (args.cuda and torch.cuda.is_available()):
         raise UserError("--cudagraphs needs a CUDA device (and --cuda)")
@@ -139,6 +148,30 @@ def check_args(args: Args):
     for name in ("total_steps", "batch_size", "eval_freq", "eval_episodes", "log_freq", "hidden_dim"):
         if getattr(args, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+
+
+def env_domain(env_name: str) -> Optional[str]:
+    """The domain of an env, from the name in its spec id (not from the dataset id): Hopper, HalfCheetah,
+    Walker2d -> locomotion; AdroitHand* -> adroit; FrankaKitchen* -> kitchen; *Maze* -> maze; else None."""
+    if env_name in ("Hopper", "HalfCheetah", "Walker2d"):
+        return "locomotion"
+    if env_name.startswith("AdroitHand"):
+        return "adroit"
+    if env_name.startswith("FrankaKitchen"):
+        return "kitchen"
+    return "maze" if "Maze" in env_name else None
+
+
+def with_domain_defaults(args: Args, domain: str):
+    """Fill the hyperparameters left unset (None) from DOMAIN_DEFAULTS[domain]. Returns the new Args and one
+    printable line per hyperparameter: its value and where it came from."""
+    values, lines = {}, []
+    for name, default in DOMAIN_DEFAULTS[domain].items():
+        given = getattr(args, name)
+        values[name] = default if given is None else given
+        source = f"{domain} default" if given is None else f"flag (the {domain} default is {default})"
+        lines.append(f"  {name:<12} {values[name]!s:<6} {source}")
+    return replace(args, **values), lines
 
 
 # ----------------------------------------------------------------------------------------------
@@ -244,6 +277,9 @@ def load_data(args: Args, device):
     datasets = [load_minari_dataset(i) for i in dataset_ids]
     first = datasets[0]
     space = first.observation_space
+    domain = env_domain(first.env_spec.name if first.env_spec is not None else "")
+    if domain in ("locomotion", "adroit", "kitchen"):
+        raise UserError(f"'{args.env_id}' is a {domain} dataset: use iql_continuous.py for it.")
     if not isinstance(space, gym.spaces.Dict):
         raise UserError(f"'{args.env_id}' has flat observations: use iql_continuous.py for it.")
     if not MAZE_KEYS <= set(space.spaces):
@@ -578,6 +614,8 @@ def main(args: Args):
           f"action {act_dim}, {100 * info['goal_fraction']:.2f}% at the goal ({time.time() - t0:.1f}s) on {device}")
     if args.batch_size > n:
         raise UserError(f"--batch-size {args.batch_size} is larger than the dataset ({n} transitions)")
+    args, table = with_domain_defaults(args, "maze")
+    print("hyperparameters:\n" + "\n".join(table))
 
     envs = make_maze_eval_envs(dataset, args.eval_episodes, render=args.capture_video)
     eval_spec = envs.envs[0].spec
@@ -609,6 +647,7 @@ def main(args: Args):
 
     writer = SummaryWriter(f"runs/{run_name}")
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    writer.add_text("domain defaults", "\n".join(table))
     writer.add_text("dataset", f"{args.env_id} -> {', '.join(info['dataset_ids'])}; "
                                f"{n} transitions; goal input {args.goal_input}; rewards r - 1, terminal where r > 0")
 

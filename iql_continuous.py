@@ -1,10 +1,12 @@
-"""Offline Implicit Q-Learning (IQL) on continuous-control Minari datasets (MuJoCo locomotion).
+"""Offline Implicit Q-Learning (IQL) on continuous-control Minari datasets: MuJoCo locomotion, Adroit, Kitchen.
 
 Kostrikov, Nair & Levine, "Offline Reinforcement Learning with Implicit Q-Learning", ICLR 2022
 (arXiv 2110.06169). Defaults follow the authors' JAX code (github.com/ikostrikov/implicit_q_learning,
-"IK" below) for the MuJoCo locomotion datasets; comments say where a popular port differs.
+"IK" below), per domain (DOMAIN_DEFAULTS); comments say where a popular port differs.
 
     python iql_continuous.py --env-id halfcheetah-medium-v2
+    python iql_continuous.py --env-id pen-human-v1
+    python iql_continuous.py --env-id kitchen-partial-v0
     MINARI_DATASETS_PATH=../shared/datasets python iql_continuous.py --env-id local/hopper/medium-replay-v0
 
 One update (paper Algorithm 1, IK `learner.py`):
@@ -14,14 +16,16 @@ One update (paper Algorithm 1, IK `learner.py`):
   4. Q_targ <- Polyak average of Q
 """
 
+import contextlib
 import copy
+import io
 import math
 import os
 import random
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 
@@ -30,6 +34,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 import tyro
+
+with contextlib.redirect_stderr(io.StringIO()):  # hush a notice about Adroit reward versions printed on import
+    import gymnasium_robotics
+gym.register_envs(gymnasium_robotics)  # AdroitHand* and FrankaKitchen envs
 
 
 @dataclass
@@ -56,9 +64,9 @@ class Args:
 
     # --- data ---
     env_id: str = "halfcheetah-medium-v2"
-    """a D4RL name (e.g. hopper-medium-expert-v2) or any Minari dataset id `namespace/name-vN`"""
+    """a D4RL name (hopper-medium-expert-v2, pen-human-v1, kitchen-partial-v0, ...) or a Minari id `namespace/name-vN`"""
     normalize_reward: bool = True
-    """scale locomotion rewards by 1000 / (max - min trajectory return), as IK does"""
+    """scale locomotion rewards by 1000 / (max - min trajectory return), as IK does (other domains: unscaled)"""
 
     # --- algorithm ---
     total_steps: int = 1_000_000
@@ -71,14 +79,14 @@ class Args:
     """discount factor"""
     tau: float = 0.005
     """Polyak rate of the target critics (IK's name; the paper's tau is the expectile)"""
-    expectile: float = 0.7
-    """expectile of the value regression (0.5 = mean, towards 1 = max over dataset actions)"""
-    temperature: float = 3.0
-    """inverse temperature beta of the advantage weights; 0 is plain behaviour cloning"""
+    expectile: Optional[float] = None
+    """expectile of the value regression (0.5 = mean, towards 1 = max over dataset actions); None: domain default"""
+    temperature: Optional[float] = None
+    """inverse temperature beta of the advantage weights (0 is behaviour cloning); None: domain default"""
     max_weight: float = 100.0
     """upper clip of the advantage weights exp(beta * A)"""
     dropout: Optional[float] = None
-    """dropout rate after every hidden layer of the actor (None: no dropout)"""
+    """dropout rate after every hidden layer of the actor, in training only (0: none); None: domain default"""
     hidden_dim: int = 256
     """units in each of the two hidden layers of every network"""
     compile: bool = False
@@ -104,15 +112,33 @@ D4RL_TO_MINARI = {
     "medium-replay": None,
     "random": None,
 }
+ADROIT_TASKS = ("pen", "door", "hammer", "relocate")  # {task}-{human,cloned,expert}-v{0,1} -> D4RL/{task}/{variant}-v2
+KITCHEN_TASKS = ("complete", "partial", "mixed")  # kitchen-{variant}-v0 -> D4RL/kitchen/{variant}-v2
 # D4RL reference returns (d4rl/infos.py): score = 100 * (R - min) / (max - min).
 D4RL_REF_SCORES = {
     "hopper": (-20.272305, 3234.3),
     "halfcheetah": (-280.178953, 12135.0),
     "walker2d": (1.629008, 4592.3),
+    "pen": (96.262799, 3076.8331017826877),
+    "door": (-56.512833, 2880.5693087298737),
+    "hammer": (-274.856578, 12794.134825156867),
+    "relocate": (-6.425911, 4233.877797728884),
+    "kitchen": (0.0, 4.0),
 }
-# The env spec id names the domain (not the dataset id): Hopper-v5 -> "hopper".
-ENV_TO_TASK = {"Hopper": "hopper", "HalfCheetah": "halfcheetah", "Walker2d": "walker2d"}
+# The env spec id names the task (not the dataset id): Hopper-v5 -> "hopper".
+ENV_TO_TASK = {"Hopper": "hopper", "HalfCheetah": "halfcheetah", "Walker2d": "walker2d", "AdroitHandPen": "pen",
+               "AdroitHandDoor": "door", "AdroitHandHammer": "hammer", "AdroitHandRelocate": "relocate",
+               "FrankaKitchen": "kitchen"}
 MINARI_ID = re.compile(r"^[\w.-]+(/[\w.-]+)*/[\w.-]+-v\d+$")
+
+# Hyperparameters per domain (SPEC section 2, IK `configs/`). A field left at None takes its domain's value;
+# a flag the user sets always wins (--dropout 0 turns dropout off).
+DOMAIN_DEFAULTS = {
+    "locomotion": {"expectile": 0.7, "temperature": 3.0, "dropout": None},
+    "maze": {"expectile": 0.9, "temperature": 10.0, "dropout": None},
+    "adroit": {"expectile": 0.7, "temperature": 0.5, "dropout": 0.1},
+    "kitchen": {"expectile": 0.7, "temperature": 0.5, "dropout": 0.1},
+}
 
 
 class UserError(Exception):
@@ -121,9 +147,9 @@ class UserError(Exception):
 
 def check_args(args: Args):
     """Reject values the algorithm cannot use, before any heavy work."""
-    if not 0 < args.expectile < 1:
+    if args.expectile is not None and not 0 < args.expectile < 1:
         raise UserError(f"--expectile must be in (0, 1), got {args.expectile}")
-    if args.temperature < 0:
+    if args.temperature is not None and args.temperature < 0:
         raise UserError(f"--temperature must be >= 0 (0 is behaviour cloning), got {args.temperature}")
     if args.cudagraphs and not (args.cuda and torch.cuda.is_available()):
         raise UserError("--cudagraphs needs a CUDA device (and --cuda)")
@@ -139,6 +165,30 @@ def check_args(args: Args):
     for name in ("total_steps", "batch_size", "eval_freq", "eval_episodes", "log_freq", "hidden_dim"):
         if getattr(args, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+
+
+def env_domain(env_name: str) -> Optional[str]:
+    """The domain of an env, from the name in its spec id (not from the dataset id): Hopper, HalfCheetah,
+    Walker2d -> locomotion; AdroitHand* -> adroit; FrankaKitchen* -> kitchen; *Maze* -> maze; else None."""
+    if env_name in ("Hopper", "HalfCheetah", "Walker2d"):
+        return "locomotion"
+    if env_name.startswith("AdroitHand"):
+        return "adroit"
+    if env_name.startswith("FrankaKitchen"):
+        return "kitchen"
+    return "maze" if "Maze" in env_name else None
+
+
+def with_domain_defaults(args: Args, domain: str):
+    """Fill the hyperparameters left unset (None) from DOMAIN_DEFAULTS[domain]. Returns the new Args and one
+    printable line per hyperparameter: its value and where it came from."""
+    values, lines = {}, []
+    for name, default in DOMAIN_DEFAULTS[domain].items():
+        given = getattr(args, name)
+        values[name] = default if given is None else given
+        source = f"{domain} default" if given is None else f"flag (the {domain} default is {default})"
+        lines.append(f"  {name:<12} {values[name]!s:<6} {source}")
+    return replace(args, **values), lines
 
 
 # ----------------------------------------------------------------------------------------------
@@ -157,11 +207,20 @@ def resolve_dataset_ids(env_id: str) -> list[str]:
                 f"Available: {available}, or any Minari id such as mujoco/{task}/simple-v0."
             )
         return [f"mujoco/{task}/{name}" for name in names]
+    m = re.fullmatch(r"([a-z]+)-(human|cloned|expert)-v[01]", env_id)
+    if m and m.group(1) in ADROIT_TASKS:
+        return [f"D4RL/{m.group(1)}/{m.group(2)}-v2"]
+    m = re.fullmatch(r"kitchen-([a-z]+)-v0", env_id)
+    if m and m.group(1) in KITCHEN_TASKS:
+        return [f"D4RL/kitchen/{m.group(1)}-v2"]
+    if re.fullmatch(r"(antmaze|maze2d)-.*", env_id):
+        raise UserError(f"'{env_id}' is a maze dataset: use iql_antmaze.py for it.")
     if "/" in env_id and MINARI_ID.match(env_id):
         return [env_id]
     raise UserError(
-        f"unknown env id '{env_id}'. Use a D4RL name {{halfcheetah,hopper,walker2d}}-"
-        f"{{medium,expert,medium-expert}}-v2 or a Minari dataset id namespace/name-vN (e.g. mujoco/hopper/medium-v0)."
+        f"unknown env id '{env_id}'. Use a D4RL name {{halfcheetah,hopper,walker2d}}-{{medium,expert,medium-expert}}-v2, "
+        f"{{{','.join(ADROIT_TASKS)}}}-{{human,cloned,expert}}-v1, kitchen-{{{','.join(KITCHEN_TASKS)}}}-v0, "
+        "or a Minari dataset id namespace/name-vN (e.g. mujoco/hopper/medium-v0)."
     )
 
 
@@ -189,6 +248,12 @@ def load_minari_dataset(dataset_id: str):
         ) from None
 
 
+def flat_observations(obs) -> np.ndarray:
+    """The network input: the observation array itself, or Kitchen's `observation` entry. Kitchen's goal dicts
+    hold the same task goals in every episode of a dataset, so they would add nothing and are left out."""
+    return obs["observation"] if isinstance(obs, dict) else obs
+
+
 def flatten_episodes(episodes) -> dict[str, np.ndarray]:
     """Turn Minari episodes (T+1 observations each) into aligned transition arrays.
 
@@ -197,9 +262,9 @@ def flatten_episodes(episodes) -> dict[str, np.ndarray]:
     """
     parts = {k: [] for k in ("observations", "actions", "rewards", "next_observations", "terminals", "episode_ends")}
     for ep in episodes:
-        n = len(ep.rewards)
-        parts["observations"].append(ep.observations[:-1])
-        parts["next_observations"].append(ep.observations[1:])
+        n, obs = len(ep.rewards), flat_observations(ep.observations)
+        parts["observations"].append(obs[:-1])
+        parts["next_observations"].append(obs[1:])
         parts["actions"].append(ep.actions)
         parts["rewards"].append(ep.rewards)
         parts["terminals"].append(ep.terminations)
@@ -253,22 +318,19 @@ def load_data(args: Args, device):
     dataset_ids = resolve_dataset_ids(args.env_id)
     datasets = [load_minari_dataset(i) for i in dataset_ids]
     first = datasets[0]
-    if isinstance(first.observation_space, gym.spaces.Dict):
-        raise UserError(
-            f"'{args.env_id}' has dict observations ({', '.join(first.observation_space.spaces)}): "
-            "this script takes flat observations; use iql_antmaze.py for goal-conditioned maze data."
-        )
-    data = flatten_episodes(ep for d in datasets for ep in d.iterate_episodes())
     env_name = first.env_spec.name if first.env_spec is not None else ""
-    task = ENV_TO_TASK.get(env_name)
-    scale = 1.0
-    if args.normalize_reward and task is not None:
+    domain, task = env_domain(env_name), ENV_TO_TASK.get(env_name)
+    space = first.observation_space
+    if domain == "maze":
+        raise UserError(f"'{args.env_id}' is a maze dataset ({env_name}): use iql_antmaze.py for it.")
+    if isinstance(space, gym.spaces.Dict) and domain != "kitchen":
+        raise UserError(f"'{args.env_id}' has dict observations ({', '.join(space.spaces)}) from {env_name or 'an unknown env'}: "
+                        "this script takes flat observations and Kitchen's; goal mazes belong to iql_antmaze.py.")
+    data = flatten_episodes(ep for d in datasets for ep in d.iterate_episodes())
+    scale = 1.0  # SPEC section 2: only locomotion rewards are scaled; Adroit and Kitchen rewards stay as stored
+    if args.normalize_reward and domain == "locomotion":
         ends = trajectory_ends(data["observations"], data["next_observations"], data["terminals"], data["episode_ends"])
         scale = reward_scale(data["rewards"], ends)
-    else:  # SPEC section 2: only the locomotion defaults are built in so far
-        print(f"note: {env_name or 'this env'} is not a locomotion env: its rewards stay unscaled, and the defaults "
-              "(expectile 0.7, temperature 3, no dropout) are the locomotion ones; IK uses 0.7 / 0.5 / dropout 0.1 "
-              "for Adroit and Kitchen")
     batch = Batch(
         observations=torch.from_numpy(data["observations"]),
         actions=torch.from_numpy(data["actions"]),
@@ -276,7 +338,7 @@ def load_data(args: Args, device):
         next_observations=torch.from_numpy(data["next_observations"]),
         masks=torch.from_numpy(1.0 - data["terminals"].astype(np.float32)),
     )
-    info = {"task": task, "reward_scale": scale, "dataset_ids": dataset_ids}
+    info = {"domain": domain, "task": task, "reward_scale": scale, "dataset_ids": dataset_ids}
     return Batch(*(x.to(device) for x in batch)), first, info
 
 
@@ -547,7 +609,7 @@ def evaluate(actor: Actor, envs: gym.vector.SyncVectorEnv, seeds: list[int], dev
     while not done.all():
         if frames is not None and not done[0]:
             frames.append(envs.envs[0].render())
-        action = actor.act(torch.as_tensor(obs, dtype=torch.float32, device=device)).cpu().numpy()
+        action = actor.act(torch.as_tensor(flat_observations(obs), dtype=torch.float32, device=device)).cpu().numpy()
         obs, reward, terminated, truncated, _ = envs.step(action)
         returns += np.where(done, 0.0, reward)
         done |= terminated | truncated
@@ -556,13 +618,22 @@ def evaluate(actor: Actor, envs: gym.vector.SyncVectorEnv, seeds: list[int], dev
 
 
 def reference_scores(dataset, env_task: Optional[str]):
-    """(min, max, source) for the normalised score: the dataset's own, else D4RL's, else None."""
+    """(min, max, source) for the normalised score: the dataset's own, else D4RL's, else None. Kitchen always uses
+    D4RL's 0 to 4 tasks: its episodes are scored on KITCHEN_EVAL envs, whatever scale the dataset's scores have."""
+    if env_task == "kitchen":
+        return (*D4RL_REF_SCORES["kitchen"], "D4RL's kitchen scale (100 x tasks completed / 4)")
     meta = dataset.storage.metadata
     if meta.get("ref_min_score") is not None and meta.get("ref_max_score") is not None:
         return meta["ref_min_score"], meta["ref_max_score"], "the dataset's ref_min_score/ref_max_score"
     if env_task in D4RL_REF_SCORES:
         return (*D4RL_REF_SCORES[env_task], f"D4RL's {env_task} constants (d4rl/infos.py)")
     return None, None, "no reference scores in the dataset and no D4RL constants for this env"
+
+
+# D4RL's Kitchen evaluation: each task pays once and is then removed; the episode ends when all are done (the
+# return counts the tasks completed). Minari recorded its Kitchen data with tasks kept, so its rewards repeat
+# on every step while a task stays done: training uses them as stored, evaluation scores the D4RL way.
+KITCHEN_EVAL = {"remove_task_when_completed": True, "terminate_on_tasks_completed": True}
 
 
 def main(args: Args):
@@ -581,6 +652,11 @@ def main(args: Args):
     act_dim = data.actions.shape[1]
     print(f"loaded {args.env_id}: {n:,} transitions, obs {obs_dim}, action {act_dim}, "
           f"reward scale {info['reward_scale']:.4g} ({time.time() - t0:.1f}s) on {device}")
+    if info["domain"] is None:
+        print(f"note: {dataset.env_spec.id if dataset.env_spec else 'this env'} is none of the known domains: "
+              "the locomotion hyperparameters apply, and its rewards stay unscaled")
+    args, table = with_domain_defaults(args, info["domain"] or "locomotion")
+    print("hyperparameters:\n" + "\n".join(table))
     if args.batch_size > n:
         raise UserError(f"--batch-size {args.batch_size} is larger than the dataset ({n} transitions)")
 
@@ -589,7 +665,8 @@ def main(args: Args):
     print(f"normalised score from {ref_source}" + ("" if ref_min is not None else ": logging the return only"))
     if dataset.spec.dataset_id.startswith("mujoco/"):
         print("note: Minari's mujoco/* datasets were regenerated on -v5 envs; scores are not comparable with D4RL's")
-    envs = make_eval_envs(eval_spec, args.eval_episodes, render=args.capture_video)
+    envs = make_eval_envs(eval_spec, args.eval_episodes, render=args.capture_video,
+                          **(KITCHEN_EVAL if info["domain"] == "kitchen" else {}))
     if args.capture_video:  # fail now, not at the first evaluation
         try:
             from gymnasium.utils.save_video import save_video
@@ -615,6 +692,7 @@ def main(args: Args):
 
     writer = SummaryWriter(f"runs/{run_name}")
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    writer.add_text("domain defaults", "\n".join(table))
     writer.add_text("dataset", f"{args.env_id} -> {', '.join(info['dataset_ids'])}; "
                                f"{n} transitions; reward scale {info['reward_scale']}; scores from {ref_source}")
 

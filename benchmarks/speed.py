@@ -157,7 +157,7 @@ class ScriptUpdate:
     plus as much room again) with constant rates."""
 
     def __init__(self, module, data, device, compile_mode: Optional[str] = None):
-        args, batch = module.Args(), module.Batch(*data)
+        args, batch = module.Args(expectile=0.7, temperature=3.0), module.Batch(*data)  # locomotion values
         if hasattr(module, "ReplayBuffer"):
             buffer = module.ReplayBuffer(batch, 2 * DATA, device)
             sample, decay_steps = (lambda: buffer.sample(args.batch_size)), None

@@ -170,7 +170,7 @@ def test_end_to_end_on_tiny_pointmaze(maze_root, tmp_path):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--env-id", "test/hopper/random-v0"], "flat observations: use iql_continuous.py"),
+    (["--env-id", "test/hopper/random-v0"], "is a locomotion dataset: use iql_continuous.py"),
     (["--env-id", "antmaze-umaze-v1"], "no Minari counterpart"),
     (["--env-id", "test/pointmaze/absent-v0"], "could not be downloaded"),
     (["--env-id", "test/pointmaze/random-v0", "--expectile", "1.5"], "--expectile must be in (0, 1)"),

@@ -12,7 +12,7 @@ DECAY_STEPS = 100
 
 def networks_and_batch(iql, seed=0):
     torch.manual_seed(seed)
-    args = iql.Args(hidden_dim=64)
+    args = iql.Args(hidden_dim=64, expectile=0.7, temperature=3.0)  # the locomotion values
     nets = iql.make_networks(5, 2, args, "cpu", lr_decay_steps=DECAY_STEPS)
     g = torch.Generator().manual_seed(seed)
     batch = iql.Batch(torch.randn(32, 5, generator=g), torch.rand(32, 2, generator=g) * 2 - 1,
