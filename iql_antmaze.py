@@ -145,6 +145,13 @@ def check_args(args: Args):
             raise UserError("--track needs Weights & Biases: pip install wandb") from None
     if args.dropout is not None and not 0 <= args.dropout < 1:
         raise UserError(f"--dropout must be in [0, 1), got {args.dropout}")
+    if not 0 <= args.gamma <= 1:
+        raise UserError(f"--gamma must be in [0, 1], got {args.gamma}")
+    if not 0 < args.tau <= 1:
+        raise UserError(f"--tau must be in (0, 1], got {args.tau}")
+    for name in ("learning_rate", "max_weight"):
+        if getattr(args, name) <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     for name in ("total_steps", "batch_size", "eval_freq", "eval_episodes", "log_freq", "hidden_dim"):
         if getattr(args, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")

@@ -2,9 +2,10 @@
 on a replay buffer that keeps the dataset and grows with the agent's own experience.
 
 Kostrikov, Nair & Levine, "Offline Reinforcement Learning with Implicit Q-Learning", ICLR 2022
-(arXiv 2110.06169), section 5.3. The protocol and the defaults are the authors' AntMaze fine-tuning set-up
-(github.com/ikostrikov/implicit_q_learning `train_finetune.py`, "IK" below): 1M offline updates, then 1M online
-steps of one environment step and one update each; expectile 0.9, temperature 10, constant learning rates.
+(arXiv 2110.06169), section 5.3. The protocol is the authors' fine-tuning set-up (github.com/ikostrikov/
+implicit_q_learning `train_finetune.py`, "IK" below): 1M offline updates, then 1M online steps of one environment
+step and one update each, constant learning rates; expectile and temperature per domain (DOMAIN_DEFAULTS; AntMaze:
+0.9 and 10).
 
     python iql_finetune.py --env-id antmaze-umaze-v2
     MINARI_DATASETS_PATH=../shared/datasets python iql_finetune.py --env-id local/pointmaze/umaze-v0 \
@@ -32,7 +33,7 @@ import random
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
@@ -97,14 +98,14 @@ class Args:
     """discount factor"""
     tau: float = 0.005
     """Polyak rate of the target critics (IK's name; the paper's tau is the expectile)"""
-    expectile: float = 0.9
-    """expectile of the value regression (0.5 = mean, towards 1 = max over dataset actions)"""
-    temperature: float = 10.0
-    """inverse temperature beta of the advantage weights; 0 is plain behaviour cloning"""
+    expectile: Optional[float] = None
+    """expectile of the value regression (0.5 = mean, towards 1 = max over dataset actions); None: domain default"""
+    temperature: Optional[float] = None
+    """inverse temperature beta of the advantage weights (0 is behaviour cloning); None: domain default"""
     max_weight: float = 100.0
     """upper clip of the advantage weights exp(beta * A)"""
     dropout: Optional[float] = None
-    """dropout rate after every hidden layer of the actor (None: no dropout)"""
+    """dropout rate after every hidden layer of the actor, in training only (0: none); None: domain default"""
     hidden_dim: int = 256
     """units in each of the two hidden layers of every network"""
     compile: bool = False
@@ -130,10 +131,26 @@ D4RL_REF_SCORES = {  # d4rl/infos.py: score = 100 * (R - min) / (max - min)
     "hopper": (-20.272305, 3234.3),
     "halfcheetah": (-280.178953, 12135.0),
     "walker2d": (1.629008, 4592.3),
+    "pen": (96.262799, 3076.8331017826877),
+    "door": (-56.512833, 2880.5693087298737),
+    "hammer": (-274.856578, 12794.134825156867),
+    "relocate": (-6.425911, 4233.877797728884),
+    "kitchen": (0.0, 4.0),
 }
-ENV_TO_TASK = {"Hopper": "hopper", "HalfCheetah": "halfcheetah", "Walker2d": "walker2d"}
+ENV_TO_TASK = {"Hopper": "hopper", "HalfCheetah": "halfcheetah", "Walker2d": "walker2d", "AdroitHandPen": "pen",
+               "AdroitHandDoor": "door", "AdroitHandHammer": "hammer", "AdroitHandRelocate": "relocate",
+               "FrankaKitchen": "kitchen"}
 MAZE_KEYS = {"observation", "achieved_goal", "desired_goal"}
 MINARI_ID = re.compile(r"^[\w.-]+(/[\w.-]+)*/[\w.-]+-v\d+$")
+
+# Hyperparameters per domain (SPEC section 2, IK `configs/`). A field left at None takes its domain's value;
+# a flag the user sets always wins (--dropout 0 turns dropout off).
+DOMAIN_DEFAULTS = {
+    "locomotion": {"expectile": 0.7, "temperature": 3.0, "dropout": None},
+    "maze": {"expectile": 0.9, "temperature": 10.0, "dropout": None},
+    "adroit": {"expectile": 0.7, "temperature": 0.5, "dropout": 0.1},
+    "kitchen": {"expectile": 0.7, "temperature": 0.5, "dropout": 0.1},
+}
 
 
 class UserError(Exception):
@@ -142,9 +159,9 @@ class UserError(Exception):
 
 def check_args(args: Args):
     """Reject values the algorithm cannot use, before any heavy work."""
-    if not 0 < args.expectile < 1:
+    if args.expectile is not None and not 0 < args.expectile < 1:
         raise UserError(f"--expectile must be in (0, 1), got {args.expectile}")
-    if args.temperature < 0:
+    if args.temperature is not None and args.temperature < 0:
         raise UserError(f"--temperature must be >= 0 (0 is behaviour cloning), got {args.temperature}")
     if args.cudagraphs and not (args.cuda and torch.cuda.is_available()):
         raise UserError("--cudagraphs needs a CUDA device (and --cuda)")
@@ -157,6 +174,13 @@ def check_args(args: Args):
             raise UserError("--track needs Weights & Biases: pip install wandb") from None
     if args.dropout is not None and not 0 <= args.dropout < 1:
         raise UserError(f"--dropout must be in [0, 1), got {args.dropout}")
+    if not 0 <= args.gamma <= 1:
+        raise UserError(f"--gamma must be in [0, 1], got {args.gamma}")
+    if not 0 < args.tau <= 1:
+        raise UserError(f"--tau must be in (0, 1], got {args.tau}")
+    for name in ("learning_rate", "max_weight"):
+        if getattr(args, name) <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     for name in ("offline_steps", "online_steps"):
         if getattr(args, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
@@ -165,6 +189,30 @@ def check_args(args: Args):
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.checkpoint is not None and not Path(args.checkpoint).is_file():
         raise UserError(f"--checkpoint {args.checkpoint}: no such file")
+
+
+def env_domain(env_name: str) -> Optional[str]:
+    """The domain of an env, from the name in its spec id (not from the dataset id): Hopper, HalfCheetah,
+    Walker2d -> locomotion; AdroitHand* -> adroit; FrankaKitchen* -> kitchen; *Maze* -> maze; else None."""
+    if env_name in ("Hopper", "HalfCheetah", "Walker2d"):
+        return "locomotion"
+    if env_name.startswith("AdroitHand"):
+        return "adroit"
+    if env_name.startswith("FrankaKitchen"):
+        return "kitchen"
+    return "maze" if "Maze" in env_name else None
+
+
+def with_domain_defaults(args: Args, domain: str):
+    """Fill the hyperparameters left unset (None) from DOMAIN_DEFAULTS[domain]. Returns the new Args and one
+    printable line per hyperparameter: its value and where it came from."""
+    values, lines = {}, []
+    for name, default in DOMAIN_DEFAULTS[domain].items():
+        given = getattr(args, name)
+        values[name] = default if given is None else given
+        source = f"{domain} default" if given is None else f"flag (the {domain} default is {default})"
+        lines.append(f"  {name:<12} {values[name]!s:<6} {source}")
+    return replace(args, **values), lines
 
 
 # ----------------------------------------------------------------------------------------------
@@ -249,6 +297,12 @@ def flatten_maze_episodes(episodes, goal_input: bool) -> dict[str, np.ndarray]:
     return data
 
 
+def flat_observations(obs) -> np.ndarray:
+    """The network input: the observation array itself, or Kitchen's `observation` entry. Kitchen's goal dicts
+    hold the same task goals in every episode of a dataset, so they would add nothing and are left out."""
+    return obs["observation"] if isinstance(obs, dict) else obs
+
+
 def flatten_episodes(episodes) -> dict[str, np.ndarray]:
     """Turn Minari episodes (T+1 observations each) into aligned transition arrays.
 
@@ -257,9 +311,9 @@ def flatten_episodes(episodes) -> dict[str, np.ndarray]:
     """
     parts = {k: [] for k in ("observations", "actions", "rewards", "next_observations", "terminals", "episode_ends")}
     for ep in episodes:
-        n = len(ep.rewards)
-        parts["observations"].append(ep.observations[:-1])
-        parts["next_observations"].append(ep.observations[1:])
+        n, obs = len(ep.rewards), flat_observations(ep.observations)
+        parts["observations"].append(obs[:-1])
+        parts["next_observations"].append(obs[1:])
         parts["actions"].append(ep.actions)
         parts["rewards"].append(ep.rewards)
         parts["terminals"].append(ep.terminations)
@@ -323,7 +377,9 @@ def load_data(args: Args):
     space = first.observation_space
     maze = isinstance(space, gym.spaces.Dict)
     env_name = first.env_spec.name if first.env_spec is not None else ""
-    task, scale = ENV_TO_TASK.get(env_name), 1.0
+    domain, task, scale = env_domain(env_name), ENV_TO_TASK.get(env_name), 1.0
+    if domain == "kitchen":
+        raise UserError(f"'{args.env_id}' is a Kitchen dataset: offline only, with iql_continuous.py.")
     if maze:
         if not MAZE_KEYS <= set(space.spaces):
             raise UserError(f"'{args.env_id}' has dict observations without {sorted(MAZE_KEYS)} "
@@ -334,7 +390,7 @@ def load_data(args: Args):
         data = flatten_maze_episodes(episodes, args.goal_input)
     else:
         data = flatten_episodes(episodes)
-        if args.normalize_reward and task is not None:
+        if args.normalize_reward and domain == "locomotion":
             ends = trajectory_ends(data["observations"], data["next_observations"], data["terminals"],
                                    data["episode_ends"])
             scale = reward_scale(data["rewards"], ends)
@@ -346,7 +402,7 @@ def load_data(args: Args):
         next_observations=torch.from_numpy(data["next_observations"]),
         masks=torch.from_numpy(1.0 - data["terminals"].astype(np.float32)),
     )
-    info = {"dataset_ids": dataset_ids, "maze": maze, "task": task, "reward_scale": scale}
+    info = {"dataset_ids": dataset_ids, "maze": maze, "domain": domain, "task": task, "reward_scale": scale}
     return batch, first, info
 
 
@@ -384,8 +440,12 @@ class ReplayBuffer:
         self.size = torch.tensor(n, device=device)
 
     def add(self, obs, action, reward: float, next_obs, mask: float):
-        for slot, x in zip(self.data, (obs, action, reward, next_obs, mask)):
-            slot[self.next] = torch.as_tensor(x)
+        """Write one transition into the next slot (over the oldest once full), without waiting for the device."""
+        i = self.next
+        for slot, x in ((self.data.observations, obs), (self.data.actions, action), (self.data.next_observations, next_obs)):
+            slot[i].copy_(torch.from_numpy(np.asarray(x)), non_blocking=True)
+        self.data.rewards[i] = reward
+        self.data.masks[i] = mask
         self.next = (self.next + 1) % self.capacity
         self.count = min(self.count + 1, self.capacity)
         self.size.fill_(self.count)
@@ -511,6 +571,17 @@ def explore(actor: Actor, obs: torch.Tensor) -> torch.Tensor:
     """Online action: a sample of the Gaussian policy, clipped to [-1, 1] (IK: temperature 1, then np.clip)."""
     mean, log_std = actor(obs)
     return (mean + log_std.exp() * torch.randn_like(mean)).clamp(-1.0, 1.0)
+
+
+def online_step(env, obs, actor: Actor, buffer: ReplayBuffer, observe: Callable, info: dict, device):
+    """One environment step with a sample of the policy, stored in the buffer; returns what env.step returns."""
+    x = observe(obs)
+    actor.eval()  # dropout off while acting, as IK samples actions
+    action = explore(actor, torch.as_tensor(x, device=device)).cpu().numpy()
+    actor.train()
+    next_obs, reward, terminated, truncated, env_info = env.step(action)
+    buffer.add(*online_transition(x, action, reward, observe(next_obs), terminated, info))
+    return next_obs, reward, terminated, truncated, env_info
 
 
 # ----------------------------------------------------------------------------------------------
@@ -646,17 +717,18 @@ def cuda_graph(fn, warmup: int = 3):
     return call
 
 
-def save_checkpoint(path: str, networks: Networks, args: Args, step: int, obs_dim: int, act_dim: int, info: dict):
-    """Everything needed to go on training: the networks, the optimisers' state, and how the data were scaled."""
+def save_checkpoint(path: str, networks: Networks, args: Args, step: int, phase: str, obs_dim: int, act_dim: int,
+                    info: dict):
+    """The networks, the optimisers' state and how the data were scaled (not the replay buffer or the env)."""
     actor, critic, target_critic, value, optimizers, _ = networks
-    torch.save({"args": asdict(args), "step": step, "obs_dim": obs_dim, "act_dim": act_dim,
+    torch.save({"args": asdict(args), "step": step, "phase": phase, "obs_dim": obs_dim, "act_dim": act_dim,
                 "reward_scale": info["reward_scale"], "actor": actor.state_dict(), "critic": critic.state_dict(),
                 "target_critic": target_critic.state_dict(), "value": value.state_dict(),
                 "optimizers": [opt.state_dict()["state"] for opt in optimizers]}, path)
     print(f"model saved to {path}")
 
 
-def load_checkpoint(path: str, networks: Networks, args: Args, obs_dim: int, act_dim: int) -> int:
+def load_checkpoint(path: str, networks: Networks, args: Args, obs_dim: int, act_dim: int, info: dict) -> int:
     """Load a --save-model file into the networks (and the optimisers, where it holds their state); returns the
     number of updates it was trained for. A file from another env or script fails here with one line."""
     try:
@@ -674,6 +746,11 @@ def load_checkpoint(path: str, networks: Networks, args: Args, obs_dim: int, act
     if ckpt["args"].get("hidden_dim") != args.hidden_dim:
         raise UserError(f"checkpoint {path} has --hidden-dim {ckpt['args'].get('hidden_dim')}, this run "
                         f"{args.hidden_dim}: pass --hidden-dim {ckpt['args'].get('hidden_dim')}")
+    scale = ckpt.get("reward_scale", 1.0)  # an iql_antmaze.py file has none: maze rewards are not scaled
+    if not math.isclose(scale, info["reward_scale"], rel_tol=1e-6):
+        raise UserError(f"checkpoint {path} was trained on rewards scaled by {scale:.6g}, this run's are scaled by "
+                        f"{info['reward_scale']:.6g} (another dataset, or --normalize-reward differs): its Q and V "
+                        "would not fit the new targets")
     try:
         for name in names:
             getattr(networks, name).load_state_dict(ckpt[name])
@@ -687,6 +764,9 @@ def load_checkpoint(path: str, networks: Networks, args: Args, obs_dim: int, act
         print(f"note: {path} holds no optimiser state (an offline script saved it): Adam starts afresh")
     if trained != args.env_id:
         print(f"warning: checkpoint {path} was trained on {trained}, this run fine-tunes on {args.env_id}")
+    if ckpt.get("phase") == "online":
+        print(f"warning: {path} was saved after online fine-tuning; its replay buffer and env were not saved, so this "
+              "starts a new online phase from its networks (a restart, not a resume)")
     return int(ckpt.get("step", ckpt["args"].get("total_steps", 0)))
 
 
@@ -734,7 +814,10 @@ def evaluate(actor: Actor, envs: gym.vector.SyncVectorEnv, seeds: list[int], dev
 
 
 def reference_scores(dataset, env_task: Optional[str]):
-    """(min, max, source) for the normalised score: the dataset's own, else D4RL's, else None."""
+    """(min, max, source) for the normalised score: the dataset's own, else D4RL's, else None. Kitchen always uses
+    D4RL's 0 to 4 tasks: its episodes are scored on KITCHEN_EVAL envs, whatever scale the dataset's scores have."""
+    if env_task == "kitchen":
+        return (*D4RL_REF_SCORES["kitchen"], "D4RL's kitchen scale (100 x tasks completed / 4)")
     meta = dataset.storage.metadata
     if meta.get("ref_min_score") is not None and meta.get("ref_max_score") is not None:
         return meta["ref_min_score"], meta["ref_max_score"], "the dataset's ref_min_score/ref_max_score"
@@ -777,9 +860,11 @@ def main(args: Args):
           + f" ({time.time() - t0:.1f}s); replay buffer of {args.buffer_size:,} on {device}")
     if args.batch_size > n:
         raise UserError(f"--batch-size {args.batch_size} is larger than the dataset ({n} transitions)")
-    if not info["maze"]:
-        print("note: the defaults are IK's AntMaze fine-tuning ones (expectile 0.9, temperature 10); IK uses "
-              "0.7 / 3 for locomotion and 0.7 / 0.5 with dropout 0.1 for Adroit: pass them as flags")
+    if info["domain"] is None:
+        print(f"note: {dataset.env_spec.id if dataset.env_spec else 'this env'} is none of the known domains: "
+              "the locomotion hyperparameters apply, and its rewards stay unscaled")
+    args, table = with_domain_defaults(args, info["domain"] or "locomotion")
+    print("hyperparameters:\n" + "\n".join(table))
 
     env, envs = make_envs(dataset, info["maze"], args.eval_episodes, render=args.capture_video)
     eval_spec = envs.envs[0].spec
@@ -811,8 +896,8 @@ def main(args: Args):
     # Updates are counted over both phases: 1..offline_end on the dataset, then online_steps more online.
     start = 0
     if args.checkpoint:
-        start = load_checkpoint(args.checkpoint, networks, args, obs_dim, act_dim)
-        print(f"loaded {args.checkpoint} ({start:,} updates): pre-training skipped")
+        start = load_checkpoint(args.checkpoint, networks, args, obs_dim, act_dim, info)
+        print(f"loaded {args.checkpoint} ({start:,} updates): pre-training skipped (--offline-steps is not used)")
     offline_end = start if args.checkpoint else args.offline_steps
     end = offline_end + args.online_steps
 
@@ -825,6 +910,7 @@ def main(args: Args):
 
     writer = SummaryWriter(f"runs/{run_name}")
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    writer.add_text("domain defaults", "\n".join(table))
     writer.add_text("dataset", f"{args.env_id} -> {', '.join(info['dataset_ids'])}; {n} transitions; "
                                f"reward scale {info['reward_scale']}; scores from {ref_source}; "
                                f"online phase from update {offline_end}")
@@ -852,20 +938,26 @@ def main(args: Args):
         evaluations.append((step, returns.mean(), score, success))
         print(line, flush=True)
 
+    phase_start, phase_time = start, time.time()
+
+    def phase_change(step: int):
+        nonlocal phase_start, phase_time
+        writer.add_scalar("charts/online_start_step", step, step)
+        print(f"offline phase done after {step:,} updates ({step - start:,} in this run, {time.time() - phase_time:.0f}s);"
+              f" online phase: {args.online_steps:,} steps", flush=True)
+        if args.save_model and step > start:
+            save_checkpoint(f"runs/{run_name}/{args.exp_name}_offline.pt", networks, args, step, "offline",
+                            obs_dim, act_dim, info)
+        phase_start, phase_time = step, time.time()
+
     if offline_end == start:  # the online phase starts right away: evaluate the policy it starts from
         evaluate_and_log(start)
+        phase_change(start)
     obs, _ = env.reset(seed=args.seed)
     episode_return, episode_length, episodes = 0.0, 0, 0
-    phase_start, phase_time = start, time.time()
     for step in range(start + 1, end + 1):
-        if step > offline_end:
-            # Online: one env step with a sample of the policy, stored in the buffer.
-            x = observe(obs)
-            actor.eval()  # dropout off while acting, as IK samples actions
-            action = explore(actor, torch.as_tensor(x, device=device)).cpu().numpy()
-            actor.train()
-            obs, reward, terminated, truncated, env_info = env.step(action)
-            buffer.add(*online_transition(x, action, reward, observe(obs), terminated, info))
+        if step > offline_end:  # online: one env step with a sample of the policy, stored in the buffer
+            obs, reward, terminated, truncated, env_info = online_step(env, obs, actor, buffer, observe, info, device)
             episode_return, episode_length = episode_return + reward, episode_length + 1
             if terminated or truncated:
                 episodes += 1
@@ -890,25 +982,25 @@ def main(args: Args):
         if step % args.eval_freq == 0 or step in (offline_end, end):
             evaluate_and_log(step)
 
-        if step == offline_end:  # the phase change
-            writer.add_scalar("charts/online_start_step", offline_end, step)
-            print(f"offline phase done after {offline_end:,} updates ({time.time() - phase_time:.0f}s); "
-                  f"online phase: {args.online_steps:,} steps", flush=True)
-            if args.save_model:
-                save_checkpoint(f"runs/{run_name}/{args.exp_name}_offline.pt", networks, args, step, obs_dim, act_dim,
-                                info)
-            phase_start, phase_time = step, time.time()
+        if step == offline_end:
+            phase_change(step)
 
-    # The evaluations at the phase change and at the end; the best one is labelled as such.
+    # The evaluations at the phase change and at the end; the best one (selected on the evaluations themselves,
+    # so optimistic) is labelled as such.
     key = 3 if info["maze"] else 2 if ref_min is not None else 1
     name = ("success rate", "normalized", "return")[3 - key]
     at_change = next(e for e in evaluations if e[0] == offline_end)
     final, best = evaluations[-1], max(evaluations, key=lambda e: e[key])
-    print(f"offline end (step {at_change[0]:,}): {name} {at_change[key]:.2f}; online end (step {final[0]:,}): "
-          f"{name} {final[key]:.2f} over {episodes} online episodes; best evaluation (step {best[0]:,}): {best[key]:.2f}")
+    line = f"offline end (step {at_change[0]:,}): {name} {at_change[key]:.2f}"
+    if args.online_steps > 0:
+        line += f"; online end (step {final[0]:,}): {name} {final[key]:.2f} over {episodes} online episodes"
+    print(f"{line}; best evaluation (step {best[0]:,}): {best[key]:.2f}")
 
     if args.save_model and args.online_steps > 0:
-        save_checkpoint(f"runs/{run_name}/{args.exp_name}_online.pt", networks, args, end, obs_dim, act_dim, info)
+        save_checkpoint(f"runs/{run_name}/{args.exp_name}_online.pt", networks, args, end, "online", obs_dim, act_dim,
+                        info)
+    elif args.save_model and end == start:
+        print("note: --save-model saved nothing: this run made no updates")
     env.close()
     envs.close()
     writer.close()

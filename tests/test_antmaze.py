@@ -14,7 +14,7 @@ import iql_continuous as cont
 
 
 # Deliberate copies: these must stay identical in every script.
-SHARED = ["UserError", "check_args", "load_minari_dataset", "Batch", "sample_batch", "expectile_loss", "awr_loss",
+SHARED = ["UserError", "check_args", "env_domain", "with_domain_defaults", "load_minari_dataset", "Batch", "sample_batch", "expectile_loss", "awr_loss",
           "td_target", "q_loss", "gaussian_log_prob", "cosine_decay", "mlp", "TwinQ", "Value", "Actor",
           "optimizer_step", "update", "Networks", "make_networks", "make_train_step", "cuda_graph", "make_eval_envs"]
 
@@ -22,6 +22,10 @@ SHARED = ["UserError", "check_args", "load_minari_dataset", "Batch", "sample_bat
 @pytest.mark.parametrize("name", SHARED)
 def test_shared_code_is_identical(name):
     assert inspect.getsource(getattr(maze, name)) == inspect.getsource(getattr(cont, name))
+
+
+def test_domain_defaults_table_is_identical():
+    assert maze.DOMAIN_DEFAULTS == cont.DOMAIN_DEFAULTS
 
 
 def test_maze_observations_with_and_without_goal():

@@ -1,6 +1,7 @@
 """iql_finetune.py: the replay buffer, online transitions (masks, rewards), checkpoints, the script end to end."""
 
 import inspect
+from functools import partial
 
 import gymnasium as gym
 import numpy as np
@@ -13,7 +14,7 @@ import iql_continuous as cont
 import iql_finetune as ft
 
 # Deliberate copies: the fine-tuning script holds the offline scripts' code for the update and the data.
-FROM_CONTINUOUS = ["UserError", "load_minari_dataset", "Batch", "expectile_loss", "awr_loss", "td_target", "q_loss",
+FROM_CONTINUOUS = ["UserError", "env_domain", "with_domain_defaults", "load_minari_dataset", "flat_observations", "Batch", "expectile_loss", "awr_loss", "td_target", "q_loss",
                    "gaussian_log_prob", "cosine_decay", "mlp", "TwinQ", "Value", "Actor", "optimizer_step", "update",
                    "Networks", "make_networks", "make_train_step", "cuda_graph", "make_eval_envs", "flatten_episodes",
                    "trajectory_ends", "reward_scale", "reference_scores"]
@@ -24,6 +25,12 @@ FROM_ANTMAZE = ["maze_observations", "maze_rewards_and_terminals", "flatten_maze
 @pytest.mark.parametrize("name, source", [(n, cont) for n in FROM_CONTINUOUS] + [(n, maze) for n in FROM_ANTMAZE])
 def test_shared_code_is_identical(name, source):
     assert inspect.getsource(getattr(ft, name)) == inspect.getsource(getattr(source, name))
+
+
+def test_shared_tables_are_identical():
+    for name in ("DOMAIN_DEFAULTS", "D4RL_REF_SCORES", "ENV_TO_TASK", "MINARI_ID"):
+        assert getattr(ft, name) == getattr(cont, name), name
+    assert ft.DOMAIN_DEFAULTS == maze.DOMAIN_DEFAULTS
 
 
 def indexed_data(n: int) -> ft.Batch:
@@ -116,6 +123,33 @@ def test_online_rewards_get_the_dataset_scale(minari_root):
     env.close()
 
 
+def test_online_step_stores_mask_0_on_a_fall_and_1_on_a_time_limit():
+    """The online step as main() runs it, on the real Hopper-v5: a fall terminates (mask 0); a time-limit
+    truncation bootstraps (mask 1). Rewards are stored on the dataset's scale."""
+    torch.manual_seed(0)
+    info = {"maze": False, "reward_scale": 2.0}
+    observe = partial(ft.network_input, goal_input=True)
+    for max_steps, expect_mask in ((1000, 0.0), (3, 1.0)):
+        buffer = ft.ReplayBuffer(ft.Batch(torch.zeros(1, 11), torch.zeros(1, 3), torch.zeros(1), torch.zeros(1, 11),
+                                          torch.ones(1)), capacity=1001, device="cpu")
+        actor = ft.Actor(11, 3, 16)
+        with torch.no_grad():
+            actor.log_std.fill_(0.5)  # wild actions: the hopper falls within a few dozen steps
+        env = gym.make("Hopper-v5", max_episode_steps=max_steps)
+        obs, _ = env.reset(seed=0)
+        rewards, terminated, truncated = [], False, False
+        while not (terminated or truncated):
+            obs, reward, terminated, truncated, _ = ft.online_step(env, obs, actor, buffer, observe, info, "cpu")
+            rewards.append(reward)
+        n = len(rewards)
+        assert terminated == (expect_mask == 0.0) and buffer.count == 1 + n
+        masks = buffer.data.masks[1:1 + n].numpy()
+        assert masks[-1] == expect_mask and masks[:-1].all()
+        np.testing.assert_allclose(buffer.data.rewards[1:1 + n].numpy(), 2.0 * np.array(rewards), rtol=1e-6)
+        np.testing.assert_allclose(buffer.data.observations[n].numpy(), buffer.data.next_observations[n - 1].numpy())
+        env.close()
+
+
 def test_maze_data_and_observations_as_the_offline_scripts(maze_root):
     data, _, info = ft.load_data(ft.Args(env_id="test/pointmaze/random-v0"))
     offline, _, _ = maze.load_data(maze.Args(env_id="test/pointmaze/random-v0"), "cpu")
@@ -160,7 +194,20 @@ def test_end_to_end_offline_then_online_and_checkpoint(maze_root, tmp_path):
     assert [v for _, v in logged["charts/buffer_size"]] == [360, 360, 410, 460, 510]  # 6 x 60 data, then +1 a step
     for phase in ("offline", "online"):
         ckpt = torch.load(run_dir / f"ft_{phase}.pt", weights_only=True)
-        assert ckpt["step"] == (100 if phase == "offline" else 250) and len(ckpt["optimizers"]) == 3
+        assert ckpt["step"] == (100 if phase == "offline" else 250) and ckpt["phase"] == phase
+    # load_checkpoint restores every network and Adam's moments, by value.
+    args = ft.Args(env_id="test/pointmaze/random-v0", hidden_dim=32)
+    nets = ft.make_networks(8, 2, args, "cpu", lr_decay_steps=None)
+    assert ft.load_checkpoint(str(run_dir / "ft_offline.pt"), nets, args, 8, 2, {"reward_scale": 1.0}) == 100
+    saved = torch.load(run_dir / "ft_offline.pt", weights_only=True)
+    for name in ("actor", "critic", "target_critic", "value"):
+        for k, v in getattr(nets, name).state_dict().items():
+            torch.testing.assert_close(v, saved[name][k])
+    for opt, state in zip(nets.optimizers, saved["optimizers"]):
+        assert len(opt.state) == len(state) > 0
+        for p_state, p_saved in zip(opt.state.values(), state.values()):
+            torch.testing.assert_close(p_state["exp_avg"], p_saved["exp_avg"])
+            torch.testing.assert_close(p_state["exp_avg_sq"], p_saved["exp_avg_sq"])
 
     # Starting from the offline checkpoint skips pre-training: the online phase begins at its step.
     resume = tmp_path / "resume"
@@ -168,21 +215,37 @@ def test_end_to_end_offline_then_online_and_checkpoint(maze_root, tmp_path):
     out = run_script("iql_finetune", resume, *common, "--checkpoint", str(run_dir / "ft_offline.pt"),
                      "--online-steps", "100", "--eval-freq", "1000")
     assert out.returncode == 0, out.stderr
-    assert "pre-training skipped" in out.stdout and "offline phase done" not in out.stdout
+    assert "pre-training skipped" in out.stdout and "offline phase done after 100 updates (0 in this run" in out.stdout
     (run_dir,) = (resume / "runs").iterdir()
     logged = scalars(run_dir)
     assert [s for s, _ in logged["losses/q_loss"]] == [150, 200]
     assert [s for s, _ in logged["charts/success_rate"]] == [100, 200]  # the loaded policy, then the end
     assert [s for s, _ in logged["charts/online_return"]] == [160]
+    assert logged["charts/online_start_step"] == [(100, 100.0)]
+
+
+def test_online_phase_from_the_start(maze_root, tmp_path):
+    """--offline-steps 0: the starting policy is evaluated, and the phase change is logged at update 0."""
+    out = run_script("iql_finetune", tmp_path, "--env-id", "test/pointmaze/random-v0", "--offline-steps", "0",
+                     "--online-steps", "20", "--eval-freq", "1000", "--eval-episodes", "1", "--hidden-dim", "16",
+                     "--log-freq", "10", "--no-cuda", "--save-model")
+    assert out.returncode == 0, out.stderr
+    assert "offline phase done after 0 updates" in out.stdout
+    logged = scalars(next((tmp_path / "runs").iterdir()))
+    assert logged["charts/online_start_step"] == [(0, 0.0)]
+    assert [s for s, _ in logged["charts/success_rate"]] == [0, 20]
+    assert [p.name for p in (tmp_path / "runs").glob("*/*.pt")] == ["iql_finetune_online.pt"]
 
 
 def test_end_to_end_flat_observations(minari_root, tmp_path):
     """Locomotion data: the online env is Hopper-v5, whose episodes end early when the hopper falls."""
     out = run_script("iql_finetune", tmp_path, "--env-id", "test/hopper/random-v0", "--offline-steps", "50",
                      "--online-steps", "100", "--eval-freq", "100", "--eval-episodes", "2", "--hidden-dim", "32",
-                     "--log-freq", "50", "--no-cuda", "--expectile", "0.7", "--temperature", "3")
+                     "--log-freq", "50", "--no-cuda", "--temperature", "1")
     assert out.returncode == 0, out.stderr
     assert "reward scale" in out.stdout and "normalized" in out.stdout
+    assert "expectile    0.7    locomotion default" in out.stdout
+    assert "temperature  1.0    flag (the locomotion default is 3.0)" in out.stdout
     logged = scalars(next((tmp_path / "runs").iterdir()))
     assert len(logged["charts/online_return"]) >= 3 and "charts/online_success" not in logged
     assert [s for s, _ in logged["charts/normalized_score"]] == [50, 100, 150]
@@ -205,6 +268,8 @@ def hopper_checkpoint(minari_root, tmp_path_factory):
     (["--env-id", "test/pointmaze/random-v0", "--checkpoint", "HOPPER"], "another env, or --goal-input differs"),
     (["--env-id", "test/hopper/random-v0", "--checkpoint", "HOPPER"], "pass --hidden-dim 32"),
     (["--env-id", "test/pointmaze/random-v0", "--online-steps", "-1"], "--online-steps must be >= 0"),
+    (["--env-id", "test/hopper/random-v0", "--checkpoint", "HOPPER", "--hidden-dim", "32", "--no-normalize-reward"],
+     "trained on rewards scaled by"),
 ])
 def test_bad_input_is_one_line(maze_root, hopper_checkpoint, tmp_path, flags, message):
     flags = [hopper_checkpoint if f == "HOPPER" else f for f in flags]
@@ -215,7 +280,7 @@ def test_bad_input_is_one_line(maze_root, hopper_checkpoint, tmp_path, flags, me
 def test_offline_checkpoint_loads_with_fresh_optimisers(minari_root, hopper_checkpoint, capsys):
     args = ft.Args(env_id="test/hopper/random-v0", hidden_dim=32)
     nets = ft.make_networks(11, 3, args, "cpu", lr_decay_steps=None)
-    step = ft.load_checkpoint(hopper_checkpoint, nets, args, 11, 3)
+    step = ft.load_checkpoint(hopper_checkpoint, nets, args, 11, 3, ft.load_data(args)[2])
     assert step == 20  # iql_continuous.py's --total-steps
     ckpt = torch.load(hopper_checkpoint, weights_only=True)
     torch.testing.assert_close(nets.actor.state_dict()["log_std"], ckpt["actor"]["log_std"])
