@@ -23,6 +23,13 @@ HOPPER_REF = (-20.272305, 3234.3)
 MAX_STEPS = 40  # short episodes: some end by termination (the hopper falls), the rest by truncation
 
 
+def stack(observations: list):
+    """Minari stores an episode's dict observations as (nested) dicts of arrays."""
+    if isinstance(observations[0], dict):
+        return {k: stack([o[k] for o in observations]) for k in observations[0]}
+    return np.stack(observations)
+
+
 def rollout_buffers(env, num_episodes: int, seed: int):
     from minari.data_collector import EpisodeBuffer
 
@@ -41,9 +48,7 @@ def rollout_buffers(env, num_episodes: int, seed: int):
             terms.append(terminated)
             truncs.append(truncated)
             done = terminated or truncated
-        if isinstance(obs, dict):  # Minari stores dict observations as a dict of arrays
-            observations = {k: np.stack([o[k] for o in observations]) for k in obs}
-        buffers.append(EpisodeBuffer(observations=observations, actions=actions, rewards=rewards,
+        buffers.append(EpisodeBuffer(observations=stack(observations), actions=actions, rewards=rewards,
                                      terminations=terms, truncations=truncs))
     return buffers
 
@@ -141,3 +146,36 @@ def scalars(run_dir) -> dict:
 
     acc = EventAccumulator(str(run_dir)).Reload()
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+KITCHEN_TASKS = ["microwave", "kettle", "light switch", "slide cabinet"]  # D4RL's kitchen-complete tasks
+
+
+def make_robotics_dataset(dataset_id: str, env, num_episodes: int, seed: int):
+    import minari
+
+    buffers = rollout_buffers(env, num_episodes, seed)
+    minari.create_dataset_from_buffers(dataset_id, buffers, env=env, eval_env=env.spec, algorithm_name="random",
+                                       author="tests", author_email="tests@example.org",
+                                       code_permalink="tests/conftest.py", description="random episodes")
+    env.close()
+    return buffers
+
+
+@pytest.fixture(scope="session")
+def robotics_root(minari_root):
+    """Adds `test/pen/random-v0` (AdroitHandPen-v1, no reference scores: D4RL's pen constants apply) and
+    `test/kitchen/random-v0` (FrankaKitchen-v1 recorded as Minari records it: tasks kept, rewards repeating)."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stderr(io.StringIO()):
+        import gymnasium_robotics
+    gym.register_envs(gymnasium_robotics)
+    root, buffers = minari_root
+    buffers["test/pen/random-v0"] = make_robotics_dataset(
+        "test/pen/random-v0", gym.make("AdroitHandPen-v1", max_episode_steps=30), 3, seed=11)
+    kitchen = gym.make("FrankaKitchen-v1", tasks_to_complete=KITCHEN_TASKS, remove_task_when_completed=False,
+                       terminate_on_tasks_completed=False, max_episode_steps=20)
+    buffers["test/kitchen/random-v0"] = make_robotics_dataset("test/kitchen/random-v0", kitchen, 3, seed=12)
+    return root, buffers
