@@ -1,0 +1,260 @@
+"""Run a suite of experiments (IQL and BC = `--temperature 0`, several seeds), then tabulate and plot them.
+
+    MINARI_DATASETS_PATH=../shared/datasets python benchmarks/run.py --suite local     # this 2-core CPU, ~1 hour
+    python benchmarks/run.py --suite paper --launcher slurm --max-parallel 32          # D4RL settings, GPU cluster
+
+Each run is a separate process (`python iql_*.py ...`) started through submitit: `--launcher local` runs at most
+`--max-parallel` of them at once on this machine, `--launcher slurm` submits a job array to SLURM (at most
+`--max-parallel` running). A run that finished is not run again; the table and plot are rebuilt from every finished
+run's TensorBoard log. Output: `benchmarks/results/{suite}.md` (table), `{suite}.png` (curves), and one folder per
+run under `benchmarks/results/{suite}/` (its log, its TensorBoard events, a `done` marker).
+"""
+
+import importlib
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, NamedTuple, Optional
+
+import numpy as np
+import tyro
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+@dataclass
+class Args:
+    suite: Literal["local", "paper"] = "local"
+    """local: the three local datasets, short runs, 3 seeds; paper: D4RL locomotion and AntMaze, 1M updates, 5 seeds"""
+    launcher: Literal["local", "slurm"] = "local"
+    """where the runs go: this machine, or a SLURM cluster (both through submitit)"""
+    max_parallel: int = 2
+    """runs at a time (local: processes; slurm: the job array's parallelism)"""
+    threads: int = 1
+    """torch threads per run (OMP_NUM_THREADS): 1 when several runs share a small CPU"""
+    out: str = str(ROOT / "benchmarks" / "results")
+    """folder for the table, the plot and the runs"""
+    report_only: bool = False
+    """if toggled, only rebuild the table and the plot from the runs that finished"""
+    slurm_partition: Optional[str] = None
+    """SLURM partition (slurm launcher)"""
+    slurm_gpus: int = 1
+    """GPUs per run (slurm launcher)"""
+
+
+class Run(NamedTuple):
+    script: str  # iql_continuous, iql_antmaze or iql_finetune
+    env_id: str
+    algo: str  # "IQL" or "BC"
+    seed: int
+    flags: tuple  # the script's flags besides --env-id, --seed and --temperature for BC
+    minutes: float  # a generous time budget for one run on the suite's intended hardware
+
+    @property
+    def name(self) -> str:
+        return f"{self.env_id.replace('/', '-')}__{self.algo}__s{self.seed}"
+
+    def command(self) -> list[str]:
+        bc = ["--temperature", "0"] if self.algo == "BC" else []
+        return [sys.executable, str(ROOT / f"{self.script}.py"), "--env-id", self.env_id, "--seed", str(self.seed),
+                *self.flags, *bc]
+
+
+def local_suite() -> list[Run]:
+    """The real local datasets (../shared/datasets), on a budget two 1-thread runs at a time finish in about an hour
+    on a 2-core CPU: 15,000 updates each, 18 runs."""
+    hopper = ("--total-steps", "15000", "--eval-freq", "3000", "--eval-episodes", "10")
+    maze = ("--total-steps", "15000", "--eval-freq", "3000", "--eval-episodes", "20")
+    plan = [("iql_continuous", "local/hopper/medium-replay-v0", hopper), ("iql_continuous", "local/hopper/medium-v0", hopper),
+            ("iql_antmaze", "local/pointmaze/umaze-v0", maze)]
+    return [Run(s, e, algo, seed, f, 30) for s, e, f in plan for algo in ("IQL", "BC") for seed in (1, 2, 3)]
+
+
+def paper_suite() -> list[Run]:
+    """The paper's Table 1 datasets with its settings (1M updates, 5 seeds; each script's domain defaults)."""
+    runs = []
+    for task in ("halfcheetah", "hopper", "walker2d"):
+        for kind in ("medium", "medium-replay", "medium-expert"):
+            runs += [Run("iql_continuous", f"{task}-{kind}-v2", a, s, (), 600) for a in ("IQL", "BC") for s in range(5)]
+    for maze in ("umaze", "umaze-diverse", "medium-play", "medium-diverse", "large-play", "large-diverse"):
+        runs += [Run("iql_antmaze", f"antmaze-{maze}-v2", a, s, (), 900) for a in ("IQL", "BC") for s in range(5)]
+    return runs
+
+
+def skip_reason(run: Run) -> Optional[str]:
+    """Why a run cannot start (its D4RL name has no Minari counterpart), or None."""
+    script = importlib.import_module(run.script)
+    try:
+        script.resolve_dataset_ids(run.env_id)
+    except script.UserError as e:
+        return str(e)
+    return None
+
+
+def execute(command: list[str], folder: str, threads: int) -> int:
+    """One run, in its own folder (the script writes runs/<run_name>/ there); `done` marks success."""
+    folder = Path(folder)
+    for old in folder.glob("runs/*/events.out.tfevents.*"):  # an unfinished earlier attempt starts over
+        old.unlink()
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    with open(folder / "log.txt", "w") as log:
+        code = subprocess.run(command, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+    if code == 0:
+        (folder / "done").write_text(" ".join(command) + "\n")
+    return code
+
+
+def make_executor(args: Args, folder: Path, minutes: float):
+    import cloudpickle
+    import submitit
+
+    if __name__ != "__main__":  # imported (as the tests do): send execute() by value, the worker cannot import us
+        cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+    executor = submitit.AutoExecutor(folder=str(folder / "submitit"), cluster=args.launcher)
+    # LocalExecutor kills a job after timeout_min (a few minutes by default): give it the run's budget.
+    executor.update_parameters(timeout_min=int(minutes))
+    if args.launcher == "slurm":
+        executor.update_parameters(slurm_array_parallelism=args.max_parallel, gpus_per_node=args.slurm_gpus,
+                                   cpus_per_task=max(args.threads, 1), slurm_partition=args.slurm_partition)
+    return executor
+
+
+def run_suite(runs: list[Run], args: Args, folder: Path) -> dict:
+    """Start every run that has not finished (at most max_parallel at once) and wait for them; returns
+    {run name: "done" | "skipped: reason" | "failed (exit N), see log"}."""
+    status, todo = {}, []
+    for run in runs:
+        reason = skip_reason(run)
+        if reason:
+            status[run.name] = f"skipped: {reason}"
+        elif (folder / run.name / "done").exists():
+            status[run.name] = "done (earlier)"
+        else:
+            todo.append(run)
+    print(f"{len(runs)} runs: {len(todo)} to run, {sum(s.startswith('done') for s in status.values())} done earlier, "
+          f"{sum(s.startswith('skipped') for s in status.values())} skipped", flush=True)
+    if not todo:
+        return status
+    for run in todo:
+        (folder / run.name).mkdir(parents=True, exist_ok=True)
+    executor = make_executor(args, folder, max(r.minutes for r in todo))
+    start, pending, running = time.time(), list(todo), {}
+    if args.launcher == "slurm":  # one job array; SLURM keeps max_parallel of it running
+        with executor.batch():
+            jobs = [executor.submit(execute, r.command(), str(folder / r.name), args.threads) for r in todo]
+        running, pending = dict(zip(jobs, todo)), []
+    while pending or running:
+        while pending and len(running) < args.max_parallel:  # LocalExecutor would start them all at once
+            run = pending.pop(0)
+            running[executor.submit(execute, run.command(), str(folder / run.name), args.threads)] = run
+        time.sleep(2)
+        for job in [j for j in running if j.done()]:
+            run = running.pop(job)
+            try:
+                code = job.result()
+            except Exception as e:  # killed by the time limit, or the worker failed
+                code = f"{type(e).__name__}: {str(e).splitlines()[0][:100]}"
+            status[run.name] = "done" if code == 0 else f"failed ({code}), see {folder / run.name / 'log.txt'}"
+            finished = sum(1 for r in todo if r.name in status)
+            print(f"[{finished}/{len(todo)}, {len(running)} running, {time.time() - start:.0f}s] {run.name}: "
+                  f"{status[run.name]}", flush=True)
+    return status
+
+
+def read_scores(run_folder: Path) -> list[tuple[int, float]]:
+    """The (step, normalised score) evaluations in a run folder's TensorBoard log."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scores = []
+    for events in run_folder.glob("runs/*"):
+        acc = EventAccumulator(str(events)).Reload()
+        if "charts/normalized_score" in acc.Tags()["scalars"]:
+            scores += [(e.step, e.value) for e in acc.Scalars("charts/normalized_score")]
+    return sorted(scores)
+
+
+def aggregate(runs: list[Run], folder: Path) -> dict:
+    """{(env_id, algo): {"steps": [...], "curves": seeds x evaluations, "final": [...], "best": [...]}} over the
+    runs that finished."""
+    groups = {}
+    for run in runs:
+        if not (folder / run.name / "done").exists():
+            continue
+        scores = read_scores(folder / run.name)
+        if not scores:
+            continue
+        g = groups.setdefault((run.env_id, run.algo), {"steps": [s for s, _ in scores], "curves": []})
+        g["curves"].append([v for _, v in scores])
+    for g in groups.values():
+        g["final"] = [c[-1] for c in g["curves"]]
+        g["best"] = [max(c) for c in g["curves"]]
+    return groups
+
+
+def table(groups: dict) -> str:
+    """Markdown: final and best normalised score, mean ± std over seeds, IQL beside BC."""
+    fmt = lambda xs: f"{np.mean(xs):.1f} ± {np.std(xs):.1f}"  # noqa: E731
+    lines = ["| dataset | updates | seeds | IQL final | BC final | IQL best | BC best |", "|---|---|---|---|---|---|---|"]
+    for env_id in dict.fromkeys(e for e, _ in groups):
+        iql, bc = groups.get((env_id, "IQL")), groups.get((env_id, "BC"))
+        some = iql or bc
+        cells = [fmt(g[k]) if g else "-" for k in ("final", "best") for g in (iql, bc)]
+        seeds = "/".join(str(len(g["final"])) if g else "0" for g in (iql, bc))
+        lines.append(f"| {env_id} | {some['steps'][-1]:,} | {seeds} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(groups: dict, path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    envs = list(dict.fromkeys(e for e, _ in groups))
+    fig, axes = plt.subplots(1, len(envs), figsize=(3.6 * len(envs), 2.8), squeeze=False)
+    for ax, env_id in zip(axes[0], envs):
+        for algo, color in (("IQL", "tab:blue"), ("BC", "tab:orange")):
+            g = groups.get((env_id, algo))
+            if g is None:
+                continue
+            curves = np.array(g["curves"])
+            mean, std = curves.mean(0), curves.std(0)
+            ax.plot(g["steps"], mean, color=color, label=f"{algo} ({len(curves)} seeds)")
+            ax.fill_between(g["steps"], mean - std, mean + std, color=color, alpha=0.2)
+        ax.set_title(env_id, fontsize=9)
+        ax.set_xlabel("updates", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("normalised score", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=72)
+    plt.close(fig)
+
+
+def main(args: Args, runs: Optional[list[Run]] = None) -> dict:
+    runs = runs if runs is not None else {"local": local_suite, "paper": paper_suite}[args.suite]()
+    out = Path(args.out)
+    folder = out / args.suite
+    folder.mkdir(parents=True, exist_ok=True)
+    status = {r.name: "not run (--report-only)" for r in runs} if args.report_only else run_suite(runs, args, folder)
+    groups = aggregate(runs, folder)
+    skipped = sorted({f"- {r.env_id}: {status[r.name][len('skipped: '):]}" for r in runs
+                      if status.get(r.name, "").startswith("skipped")})
+    report = table(groups) if groups else "(no finished runs)"
+    if skipped:
+        report += "\n\nSkipped:\n" + "\n".join(skipped)
+    (out / f"{args.suite}.md").write_text(report + "\n")
+    if groups:
+        plot(groups, out / f"{args.suite}.png")
+    print(report)
+    print(f"wrote {out / f'{args.suite}.md'}" + (f" and {out / f'{args.suite}.png'}" if groups else ""))
+    return status
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

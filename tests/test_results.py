@@ -1,0 +1,74 @@
+"""benchmarks/run.py: the suite runner (submitit's local launcher), skipping, aggregation, the table and the plot."""
+
+import sys
+
+import pytest
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import run as runner  # noqa: E402
+
+
+def write_run(folder, run, scores, done=True):
+    """A finished run as the runner leaves it: TensorBoard events with charts/normalized_score, and `done`."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(folder / run.name / "runs" / "x"))
+    for step, score in scores:
+        writer.add_scalar("charts/normalized_score", score, step)
+    writer.close()
+    if done:
+        (folder / run.name / "done").write_text("")
+
+
+def test_aggregation_of_known_values_gives_the_known_table(tmp_path):
+    runs = [runner.Run("iql_continuous", "d/x-v0", algo, seed, (), 1) for algo in ("IQL", "BC") for seed in (1, 2, 3)]
+    curves = {("IQL", 1): [10, 20], ("IQL", 2): [30, 40], ("BC", 1): [5, 1], ("BC", 2): [7, 3]}
+    for run in runs:
+        if (run.algo, run.seed) in curves:
+            write_run(tmp_path, run, list(zip((500, 1000), curves[run.algo, run.seed])))
+    write_run(tmp_path, runs[2], [(500, 99.0), (1000, 99.0)], done=False)  # unfinished: left out
+    groups = runner.aggregate(runs, tmp_path)
+    assert groups[("d/x-v0", "IQL")]["final"] == [20, 40] and groups[("d/x-v0", "BC")]["best"] == [5, 7]
+    lines = runner.table(groups).splitlines()
+    assert lines[0] == "| dataset | updates | seeds | IQL final | BC final | IQL best | BC best |"
+    # IQL final 20, 40 -> 30 ± 10; BC final 1, 3 -> 2 ± 1; IQL best = final; BC best 5, 7 -> 6 ± 1 (std over seeds)
+    assert lines[2] == "| d/x-v0 | 1,000 | 2/2 | 30.0 ± 10.0 | 2.0 ± 1.0 | 30.0 ± 10.0 | 6.0 ± 1.0 |"
+    runner.plot(groups, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_datasets_without_minari_counterpart_are_skipped():
+    runs = runner.paper_suite()
+    reasons = {r.env_id: runner.skip_reason(r) for r in runs}
+    assert "no Minari counterpart" in reasons["hopper-medium-replay-v2"]
+    assert reasons["hopper-medium-v2"] is None and reasons["antmaze-large-play-v2"] is None
+    assert len(runs) == 15 * 2 * 5 and {r.seed for r in runs} == set(range(5))
+
+
+def test_local_launcher_runs_a_suite_and_skips_what_finished(minari_root, tmp_path, capsys):
+    flags = ("--total-steps", "40", "--eval-freq", "20", "--eval-episodes", "1", "--hidden-dim", "16",
+             "--batch-size", "32")
+    runs = [runner.Run("iql_continuous", "test/hopper/random-v0", algo, 1, flags, 5) for algo in ("IQL", "BC")]
+    runs.append(runner.Run("iql_continuous", "walker2d-medium-replay-v2", "IQL", 1, (), 5))
+    args = runner.Args(out=str(tmp_path), suite="local")
+    status = runner.main(args, runs)
+    assert status[runs[0].name] == status[runs[1].name] == "done", status
+    assert status[runs[2].name].startswith("skipped: ") and "no Minari counterpart" in status[runs[2].name]
+    report = (tmp_path / "local.md").read_text()
+    assert "| test/hopper/random-v0 | 40 | 1/1 |" in report and "Skipped:\n- walker2d-medium-replay-v2" in report
+    assert (tmp_path / "local.png").exists()
+    assert "--temperature 0" in (tmp_path / "local" / runs[1].name / "done").read_text()  # BC is temperature 0
+    jobs = sorted((tmp_path / "local" / "submitit").iterdir())
+
+    status = runner.main(args, runs)  # everything finished: nothing is started again
+    assert status[runs[0].name] == status[runs[1].name] == "done (earlier)"
+    assert sorted((tmp_path / "local" / "submitit").iterdir()) == jobs
+    assert "2 done earlier, 1 skipped" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("suite", [runner.local_suite, runner.paper_suite])
+def test_suites_use_real_scripts_and_both_algorithms(suite):
+    runs = suite()
+    assert {r.algo for r in runs} == {"IQL", "BC"} and all((ROOT / f"{r.script}.py").exists() for r in runs)
+    assert len({r.name for r in runs}) == len(runs)
