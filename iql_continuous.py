@@ -237,7 +237,11 @@ def load_minari_dataset(dataset_id: str):
 
     root = Path(os.environ.get("MINARI_DATASETS_PATH", Path.home() / ".minari" / "datasets"))
     if (root / dataset_id / "data").is_dir():
-        return minari.load_dataset(dataset_id)
+        try:
+            return minari.load_dataset(dataset_id)
+        except Exception as e:  # a truncated download or a corrupt file
+            raise UserError(f"cannot read dataset '{dataset_id}' from {root / dataset_id / 'data'} ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:150]}); delete that folder and download it again") from None
     print(f"{dataset_id} is not in {root}: downloading it (HF_HUB_OFFLINE=1 skips the attempt) ...", flush=True)
     try:
         if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
@@ -306,6 +310,25 @@ def reward_scale(rewards, ends) -> float:
     return float(1000.0 / (returns.max() - returns.min()))
 
 
+def read_episodes(datasets):
+    """Every episode of the datasets, in order; a truncated or corrupt data file is reported by name."""
+    for dataset in datasets:
+        try:
+            yield from dataset.iterate_episodes()
+        except OSError as e:
+            raise UserError(f"cannot read {dataset.spec.data_path} ({type(e).__name__}: {str(e).splitlines()[0][:150]});"
+                            " delete that folder and download the dataset again") from None
+
+
+def check_data(data: dict, env_id: str):
+    """Refuse NaN or infinite values in the dataset: one of them turns every loss into NaN within a few updates."""
+    for key in ("observations", "next_observations", "actions", "rewards"):
+        bad = ~np.isfinite(data[key]).reshape(len(data[key]), -1).all(axis=1)
+        if bad.any():
+            raise UserError(f"dataset '{env_id}' has NaN or infinite {key} ({bad.sum()} transitions, the first "
+                            f"at index {bad.argmax()}): clean the data or choose another dataset")
+
+
 class Batch(NamedTuple):
     observations: torch.Tensor
     actions: torch.Tensor
@@ -333,7 +356,8 @@ def load_data(args: Args, device):
     if isinstance(space, gym.spaces.Dict) and domain != "kitchen":
         raise UserError(f"'{args.env_id}' has dict observations ({', '.join(space.spaces)}) from {env_name or 'an unknown env'}: "
                         "this script takes flat observations and Kitchen's; goal mazes belong to iql_antmaze.py.")
-    data = flatten_episodes(ep for d in datasets for ep in d.iterate_episodes())
+    data = flatten_episodes(read_episodes(datasets))
+    check_data(data, args.env_id)
     scale = 1.0  # SPEC section 2: only locomotion rewards are scaled; Adroit and Kitchen rewards stay as stored
     if args.normalize_reward and domain == "locomotion":
         ends = trajectory_ends(data["observations"], data["next_observations"], data["terminals"], data["episode_ends"])
@@ -592,6 +616,21 @@ def cuda_graph(fn, warmup: int = 3):
     return call
 
 
+def progress_line(step: int, total: int, rate: float, last_eval: str) -> str:
+    """The line every script prints at each log step."""
+    eta = int((total - step) / max(rate, 1e-9))
+    return (f"step {step:,}/{total:,}  {rate:.0f} updates/s  ETA {eta // 3600}h{eta % 3600 // 60:02d}m{eta % 60:02d}s  "
+            f"last evaluation: {last_eval}")
+
+
+def check_finite(losses: dict, step: int):
+    """Stop a run whose losses became NaN or infinite (checked at log steps only: no extra host sync)."""
+    bad = [f"{tag} = {v}" for tag, v in losses.items() if not math.isfinite(v)]
+    if bad:
+        raise UserError(f"step {step:,}: {', '.join(bad)}; the run diverged (try a lower --learning-rate, "
+                        "or check the data for extreme values)")
+
+
 # ----------------------------------------------------------------------------------------------
 # Evaluation
 # ----------------------------------------------------------------------------------------------
@@ -704,16 +743,18 @@ def main(args: Args):
                                f"{n} transitions; reward scale {info['reward_scale']}; scores from {ref_source}")
 
     evaluations = []  # (step, mean return, normalised score or None)
-    start_time = time.time()
+    start_time, last_eval = time.time(), "none yet"
     for step in range(1, args.total_steps + 1):
         metrics = train_step()
 
         if step % args.log_freq == 0:
-            values = torch.stack(list(metrics.values())).tolist()  # the only host sync between evaluations
-            for tag, v in zip(metrics, values):
+            losses = dict(zip(metrics, torch.stack(list(metrics.values())).tolist()))  # the one host sync
+            check_finite(losses, step)
+            for tag, v in losses.items():
                 writer.add_scalar(tag, v, step)
             writer.add_scalar("charts/actor_lr", args.learning_rate * cosine_decay(step - 1, args.total_steps), step)
             writer.add_scalar("charts/SPS", int(step / (time.time() - start_time)), step)
+            print(progress_line(step, args.total_steps, step / (time.time() - start_time), last_eval), flush=True)
 
         if step % args.eval_freq == 0 or step == args.total_steps:
             frames = [] if args.capture_video else None
@@ -729,6 +770,7 @@ def main(args: Args):
                 writer.add_scalar("charts/normalized_score", score, step)
                 line += f"  normalized {score:7.2f}"
             evaluations.append((step, returns.mean(), score))
+            last_eval = f"return {returns.mean():.2f}" + (f", normalized {score:.2f}" if score is not None else "")
             print(f"{line}  SPS {int(step / (time.time() - start_time))}", flush=True)
 
     # Report the final evaluation; the best one is labelled as such (it is selected on the evaluation itself).

@@ -247,7 +247,11 @@ def load_minari_dataset(dataset_id: str):
 
     root = Path(os.environ.get("MINARI_DATASETS_PATH", Path.home() / ".minari" / "datasets"))
     if (root / dataset_id / "data").is_dir():
-        return minari.load_dataset(dataset_id)
+        try:
+            return minari.load_dataset(dataset_id)
+        except Exception as e:  # a truncated download or a corrupt file
+            raise UserError(f"cannot read dataset '{dataset_id}' from {root / dataset_id / 'data'} ({type(e).__name__}: "
+                            f"{str(e).splitlines()[0][:150]}); delete that folder and download it again") from None
     print(f"{dataset_id} is not in {root}: downloading it (HF_HUB_OFFLINE=1 skips the attempt) ...", flush=True)
     try:
         if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
@@ -356,6 +360,25 @@ def network_input(obs, goal_input: bool) -> np.ndarray:
     return np.asarray(obs, dtype=np.float32)
 
 
+def read_episodes(datasets):
+    """Every episode of the datasets, in order; a truncated or corrupt data file is reported by name."""
+    for dataset in datasets:
+        try:
+            yield from dataset.iterate_episodes()
+        except OSError as e:
+            raise UserError(f"cannot read {dataset.spec.data_path} ({type(e).__name__}: {str(e).splitlines()[0][:150]});"
+                            " delete that folder and download the dataset again") from None
+
+
+def check_data(data: dict, env_id: str):
+    """Refuse NaN or infinite values in the dataset: one of them turns every loss into NaN within a few updates."""
+    for key in ("observations", "next_observations", "actions", "rewards"):
+        bad = ~np.isfinite(data[key]).reshape(len(data[key]), -1).all(axis=1)
+        if bad.any():
+            raise UserError(f"dataset '{env_id}' has NaN or infinite {key} ({bad.sum()} transitions, the first "
+                            f"at index {bad.argmax()}): clean the data or choose another dataset")
+
+
 class Batch(NamedTuple):
     observations: torch.Tensor
     actions: torch.Tensor
@@ -373,7 +396,7 @@ def load_data(args: Args):
     dataset_ids = resolve_dataset_ids(args.env_id)
     datasets = [load_minari_dataset(i) for i in dataset_ids]
     first = datasets[0]
-    episodes = (ep for d in datasets for ep in d.iterate_episodes())
+    episodes = read_episodes(datasets)
     space = first.observation_space
     maze = isinstance(space, gym.spaces.Dict)
     env_name = first.env_spec.name if first.env_spec is not None else ""
@@ -388,8 +411,10 @@ def load_data(args: Args):
             raise UserError(f"'{args.env_id}' has dense rewards; the maze terminal rule (r > 0 at the goal) "
                             "needs the sparse 0/1 maze rewards that IQL's AntMaze setting uses.")
         data = flatten_maze_episodes(episodes, args.goal_input)
+        check_data(data, args.env_id)
     else:
         data = flatten_episodes(episodes)
+        check_data(data, args.env_id)
         if args.normalize_reward and domain == "locomotion":
             ends = trajectory_ends(data["observations"], data["next_observations"], data["terminals"],
                                    data["episode_ends"])
@@ -770,6 +795,21 @@ def load_checkpoint(path: str, networks: Networks, args: Args, obs_dim: int, act
     return int(ckpt.get("step", ckpt["args"].get("total_steps", 0)))
 
 
+def progress_line(step: int, total: int, rate: float, last_eval: str) -> str:
+    """The line every script prints at each log step."""
+    eta = int((total - step) / max(rate, 1e-9))
+    return (f"step {step:,}/{total:,}  {rate:.0f} updates/s  ETA {eta // 3600}h{eta % 3600 // 60:02d}m{eta % 60:02d}s  "
+            f"last evaluation: {last_eval}")
+
+
+def check_finite(losses: dict, step: int):
+    """Stop a run whose losses became NaN or infinite (checked at log steps only: no extra host sync)."""
+    bad = [f"{tag} = {v}" for tag, v in losses.items() if not math.isfinite(v)]
+    if bad:
+        raise UserError(f"step {step:,}: {', '.join(bad)}; the run diverged (try a lower --learning-rate, "
+                        "or check the data for extreme values)")
+
+
 # ----------------------------------------------------------------------------------------------
 # Environments and evaluation
 # ----------------------------------------------------------------------------------------------
@@ -925,18 +965,18 @@ def main(args: Args):
             save_video(frames, f"videos/{run_name}", fps=envs.envs[0].metadata["render_fps"],
                        name_prefix=f"eval-step-{step}", episode_trigger=lambda _: True)
         writer.add_scalar("charts/episodic_return", returns.mean(), step)
-        line = f"step {step:>9,} {'online ' if step > offline_end else 'offline'}  return {returns.mean():9.2f}"
+        summary = f"return {returns.mean():.2f}"
         score = success = None
         if info["maze"]:
             success = reached.mean()
             writer.add_scalar("charts/success_rate", success, step)
-            line += f"  success {success:5.2f} ({reached.sum()}/{len(reached)})"
+            summary += f", success {success:.2f} ({reached.sum()}/{len(reached)})"
         if ref_min is not None:
             score = 100 * (success if info["maze"] else (returns.mean() - ref_min) / (ref_max - ref_min))
             writer.add_scalar("charts/normalized_score", score, step)
-            line += f"  normalized {score:7.2f}"
-        evaluations.append((step, returns.mean(), score, success))
-        print(line, flush=True)
+            summary += f", normalized {score:.2f}"
+        evaluations.append((step, returns.mean(), score, success, summary))
+        print(f"evaluation at step {step:,} ({'online' if step > offline_end else 'offline'}): {summary}", flush=True)
 
     phase_start, phase_time = start, time.time()
 
@@ -972,12 +1012,15 @@ def main(args: Args):
         metrics = train_step()
 
         if step % args.log_freq == 0:
-            values = torch.stack(list(metrics.values())).tolist()  # the only host sync between evaluations
-            for tag, v in zip(metrics, values):
+            losses = dict(zip(metrics, torch.stack(list(metrics.values())).tolist()))  # the one host sync
+            check_finite(losses, step)
+            for tag, v in losses.items():
                 writer.add_scalar(tag, v, step)
             writer.add_scalar("charts/actor_lr", args.learning_rate, step)
             writer.add_scalar("charts/buffer_size", buffer.count, step)
-            writer.add_scalar("charts/SPS", int((step - phase_start) / (time.time() - phase_time)), step)
+            rate = (step - phase_start) / (time.time() - phase_time)
+            writer.add_scalar("charts/SPS", int(rate), step)
+            print(progress_line(step, end, rate, evaluations[-1][4] if evaluations else "none yet"), flush=True)
 
         if step % args.eval_freq == 0 or step in (offline_end, end):
             evaluate_and_log(step)

@@ -14,7 +14,8 @@ import iql_continuous as cont
 import iql_finetune as ft
 
 # Deliberate copies: the fine-tuning script holds the offline scripts' code for the update and the data.
-FROM_CONTINUOUS = ["UserError", "env_domain", "with_domain_defaults", "load_minari_dataset", "flat_observations", "Batch", "expectile_loss", "awr_loss", "td_target", "q_loss",
+FROM_CONTINUOUS = ["UserError", "env_domain", "with_domain_defaults", "read_episodes", "check_data", "progress_line",
+                   "check_finite", "load_minari_dataset", "flat_observations", "Batch", "expectile_loss", "awr_loss", "td_target", "q_loss",
                    "gaussian_log_prob", "cosine_decay", "mlp", "TwinQ", "Value", "Actor", "optimizer_step", "update",
                    "Networks", "make_networks", "make_train_step", "cuda_graph", "make_eval_envs", "flatten_episodes",
                    "trajectory_ends", "reward_scale", "reference_scores"]
