@@ -24,6 +24,7 @@ import math
 import os
 import random
 import re
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -106,6 +107,11 @@ class Args:
     """episodes per evaluation, run at once in a vector env"""
     log_freq: int = 1000
     """copy the losses off the device and log them every this many updates"""
+    checkpoint_freq: int = 100_000
+    """save the whole training state to `runs/{run_name}/checkpoint_{step}.pt` every this many updates and at the
+    end (0: never, except on SIGINT/SIGTERM)"""
+    resume: Optional[str] = None
+    """a checkpoint_{step}.pt file: continue its run (its settings, its folder) from that step"""
 
 
 # D4RL maze names -> Minari ids (SPEC section 5). Minari's AntMaze "play"/"diverse" data differ from D4RL's.
@@ -152,6 +158,10 @@ def check_args(args: Args):
     for name in ("learning_rate", "max_weight"):
         if getattr(args, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.checkpoint_freq < 0:
+        raise UserError(f"--checkpoint-freq must be >= 0 (0: no periodic checkpoints), got {args.checkpoint_freq}")
+    if args.resume is not None and not Path(args.resume).is_file():
+        raise UserError(f"--resume {args.resume}: no such file")
     for name in ("total_steps", "batch_size", "eval_freq", "eval_episodes", "log_freq", "hidden_dim"):
         if getattr(args, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
@@ -590,6 +600,70 @@ def check_finite(losses: dict, step: int):
 
 
 # ----------------------------------------------------------------------------------------------
+# Training state: checkpoints that resume exactly, and a clean stop on SIGINT / SIGTERM
+# ----------------------------------------------------------------------------------------------
+def save_state(path: str, step: int, networks: Networks, args: Args, eval_rng, evaluations: list,
+               extra: Optional[dict] = None) -> str:
+    """Every network, optimiser and schedule, the step, the evaluations so far, every random generator and what
+    the script adds in `extra`, so that a resumed run continues exactly. Written to a temporary file, then renamed:
+    an interrupted write never leaves a broken checkpoint behind."""
+    state = {"step": step, "args": asdict(args), "evaluations": evaluations, **(extra or {}),
+             **{name: getattr(networks, name).state_dict() for name in ("actor", "critic", "target_critic", "value")},
+             "optimizers": [opt.state_dict() for opt in networks.optimizers],
+             "actor_schedule": networks.actor_schedule.state_dict(),
+             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                     "eval": eval_rng.bit_generator.state}}
+    torch.save(state, path + ".tmp")
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def read_state(path: str) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)  # our own file: numpy RNG states inside
+    except Exception as e:
+        raise UserError(f"cannot read checkpoint {path} ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+    if not isinstance(state, dict) or not {"step", "args", "rng", "optimizers"} <= set(state):
+        raise UserError(f"{path} is not a checkpoint_{{step}}.pt file of this script (--save-model files cannot resume)")
+    return state
+
+
+def restore_state(state: dict, networks: Networks, eval_rng) -> tuple[int, list]:
+    """Load a read_state() dict into the networks, optimisers, schedule and random generators; returns
+    (step, evaluations so far)."""
+    try:
+        for name in ("actor", "critic", "target_critic", "value"):
+            getattr(networks, name).load_state_dict(state[name])
+    except RuntimeError as e:
+        raise UserError(f"the checkpoint does not fit these networks ({' '.join(str(e).split())[:150]})") from None
+    for opt, saved in zip(networks.optimizers, state["optimizers"]):
+        opt.load_state_dict(saved)
+    networks.actor_schedule.load_state_dict(state["actor_schedule"])
+    rng = state["rng"]
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+    eval_rng.bit_generator.state = rng["eval"]
+    return state["step"], state["evaluations"]
+
+
+class StopSignal:
+    """SIGINT (Ctrl-C) and SIGTERM (a cluster's pre-emption) set a flag instead of killing the run: the loop
+    saves a checkpoint at the next step boundary and exits with the command that resumes it."""
+
+    def __init__(self):
+        self.name = None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self.set)
+
+    def set(self, signum, frame):
+        self.name = signal.Signals(signum).name
+
+
+# ----------------------------------------------------------------------------------------------
 # Evaluation
 # ----------------------------------------------------------------------------------------------
 def make_eval_envs(env_spec, num_envs: int, render: bool = False, **overrides) -> gym.vector.SyncVectorEnv:
@@ -644,7 +718,15 @@ def make_maze_eval_envs(dataset, num_envs: int, render: bool = False) -> gym.vec
 
 def main(args: Args):
     check_args(args)
-    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}".replace("/", "-")
+    state = None
+    if args.resume:  # continue a run: its settings, its folder, its step
+        state = read_state(args.resume)
+        args = replace(Args(**state["args"]), resume=args.resume)
+        run_name = Path(args.resume).parent.name
+        print(f"resuming {run_name} from step {state['step']:,} with its own settings (other flags are not used)")
+    else:
+        run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}".replace("/", "-")
+    given_args = args  # before the domain defaults fill it in: what a checkpoint keeps
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -691,15 +773,18 @@ def main(args: Args):
                    config=vars(args), name=run_name, save_code=True)
     from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(f"runs/{run_name}")
+    start, evaluations = 0, []  # evaluations: (step, success rate)
+    if state is not None:
+        start, evaluations = restore_state(state, networks, eval_rng)
+    writer = SummaryWriter(f"runs/{run_name}", purge_step=start + 1 if start else None)  # no repeated steps
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
     writer.add_text("domain defaults", "\n".join(table))
     writer.add_text("dataset", f"{args.env_id} -> {', '.join(info['dataset_ids'])}; "
                                f"{n} transitions; goal input {args.goal_input}; rewards r - 1, terminal where r > 0")
 
-    evaluations = []  # (step, success rate)
     start_time, last_eval = time.time(), "none yet"
-    for step in range(1, args.total_steps + 1):
+    stop = StopSignal()
+    for step in range(start + 1, args.total_steps + 1):
         metrics = train_step()
 
         if step % args.log_freq == 0:
@@ -708,8 +793,9 @@ def main(args: Args):
             for tag, v in losses.items():
                 writer.add_scalar(tag, v, step)
             writer.add_scalar("charts/actor_lr", args.learning_rate * cosine_decay(step - 1, args.total_steps), step)
-            writer.add_scalar("charts/SPS", int(step / (time.time() - start_time)), step)
-            print(progress_line(step, args.total_steps, step / (time.time() - start_time), last_eval), flush=True)
+            rate = (step - start) / (time.time() - start_time)
+            writer.add_scalar("charts/SPS", int(rate), step)
+            print(progress_line(step, args.total_steps, rate, last_eval), flush=True)
 
         if step % args.eval_freq == 0 or step == args.total_steps:
             frames = [] if args.capture_video else None
@@ -724,7 +810,15 @@ def main(args: Args):
             evaluations.append((step, reached.mean()))
             last_eval = f"success {reached.mean():.2f}"
             print(f"step {step:>8,}  success {reached.mean():5.2f} ({reached.sum()}/{len(reached)})  "
-                  f"return {returns.mean():8.2f}  SPS {int(step / (time.time() - start_time))}", flush=True)
+                  f"return {returns.mean():8.2f}  SPS {int((step - start) / (time.time() - start_time))}", flush=True)
+
+        if stop.name or (args.checkpoint_freq and (step % args.checkpoint_freq == 0 or step == args.total_steps)):
+            path = save_state(f"runs/{run_name}/checkpoint_{step}.pt", step, networks, given_args, eval_rng, evaluations)
+            if stop.name:
+                writer.close()
+                envs.close()
+                sys.exit(f"{stop.name} at step {step:,}: saved {path}; continue with: "
+                         f"python {os.path.basename(__file__)} --resume {path}")
 
     # Report the final evaluation; the best one is labelled as such (it is selected on the evaluation itself).
     final, best = evaluations[-1], max(evaluations, key=lambda e: e[1])

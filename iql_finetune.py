@@ -31,6 +31,7 @@ import math
 import os
 import random
 import re
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -120,6 +121,11 @@ class Args:
     """episodes per evaluation, run at once in a vector env"""
     log_freq: int = 1000
     """copy the losses off the device and log them every this many updates"""
+    checkpoint_freq: int = 100_000
+    """save the whole training state (with the replay buffer's online part) to `runs/{run_name}/checkpoint_{step}.pt`
+    every this many updates, at the phase change and at the end (0: never, except on SIGINT/SIGTERM)"""
+    resume: Optional[str] = None
+    """a checkpoint_{step}.pt file: continue its run (its settings, its folder) from that step"""
 
 
 # D4RL names -> Minari ids (SPEC section 5). Mazes as in iql_antmaze.py, locomotion as in iql_continuous.py.
@@ -189,6 +195,10 @@ def check_args(args: Args):
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.checkpoint is not None and not Path(args.checkpoint).is_file():
         raise UserError(f"--checkpoint {args.checkpoint}: no such file")
+    if args.checkpoint_freq < 0:
+        raise UserError(f"--checkpoint-freq must be >= 0 (0: no periodic checkpoints), got {args.checkpoint_freq}")
+    if args.resume is not None and not Path(args.resume).is_file():
+        raise UserError(f"--resume {args.resume}: no such file")
 
 
 def env_domain(env_name: str) -> Optional[str]:
@@ -461,7 +471,7 @@ class ReplayBuffer:
         self.data = Batch(*(torch.zeros((capacity, *x.shape[1:]), dtype=x.dtype, device=device) for x in dataset))
         for slot, x in zip(self.data, dataset):
             slot[:n] = x.to(device)
-        self.capacity, self.next, self.count = capacity, n % capacity, n
+        self.capacity, self.next, self.count, self.n_data = capacity, n % capacity, n, n
         self.size = torch.tensor(n, device=device)
 
     def add(self, obs, action, reward: float, next_obs, mask: float):
@@ -473,6 +483,19 @@ class ReplayBuffer:
         self.data.masks[i] = mask
         self.next = (self.next + 1) % self.capacity
         self.count = min(self.count + 1, self.capacity)
+        self.size.fill_(self.count)
+
+    def state_dict(self) -> dict:
+        """The fill state and what was added online (the dataset part comes back from the data); everything once
+        the buffer has wrapped around."""
+        low = self.n_data if self.count < self.capacity else 0
+        return {"next": self.next, "count": self.count, "low": low,
+                "rows": {name: x[low:self.count].cpu() for name, x in zip(Batch._fields, self.data)}}
+
+    def load_state_dict(self, state: dict):
+        for name, slot in zip(Batch._fields, self.data):
+            slot[state["low"]:state["count"]] = state["rows"][name].to(slot.device)
+        self.next, self.count = state["next"], state["count"]
         self.size.fill_(self.count)
 
     def sample(self, batch_size: int) -> Batch:
@@ -811,6 +834,70 @@ def check_finite(losses: dict, step: int):
 
 
 # ----------------------------------------------------------------------------------------------
+# Training state: checkpoints that resume exactly, and a clean stop on SIGINT / SIGTERM
+# ----------------------------------------------------------------------------------------------
+def save_state(path: str, step: int, networks: Networks, args: Args, eval_rng, evaluations: list,
+               extra: Optional[dict] = None) -> str:
+    """Every network, optimiser and schedule, the step, the evaluations so far, every random generator and what
+    the script adds in `extra`, so that a resumed run continues exactly. Written to a temporary file, then renamed:
+    an interrupted write never leaves a broken checkpoint behind."""
+    state = {"step": step, "args": asdict(args), "evaluations": evaluations, **(extra or {}),
+             **{name: getattr(networks, name).state_dict() for name in ("actor", "critic", "target_critic", "value")},
+             "optimizers": [opt.state_dict() for opt in networks.optimizers],
+             "actor_schedule": networks.actor_schedule.state_dict(),
+             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                     "eval": eval_rng.bit_generator.state}}
+    torch.save(state, path + ".tmp")
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def read_state(path: str) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)  # our own file: numpy RNG states inside
+    except Exception as e:
+        raise UserError(f"cannot read checkpoint {path} ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+    if not isinstance(state, dict) or not {"step", "args", "rng", "optimizers"} <= set(state):
+        raise UserError(f"{path} is not a checkpoint_{{step}}.pt file of this script (--save-model files cannot resume)")
+    return state
+
+
+def restore_state(state: dict, networks: Networks, eval_rng) -> tuple[int, list]:
+    """Load a read_state() dict into the networks, optimisers, schedule and random generators; returns
+    (step, evaluations so far)."""
+    try:
+        for name in ("actor", "critic", "target_critic", "value"):
+            getattr(networks, name).load_state_dict(state[name])
+    except RuntimeError as e:
+        raise UserError(f"the checkpoint does not fit these networks ({' '.join(str(e).split())[:150]})") from None
+    for opt, saved in zip(networks.optimizers, state["optimizers"]):
+        opt.load_state_dict(saved)
+    networks.actor_schedule.load_state_dict(state["actor_schedule"])
+    rng = state["rng"]
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+    eval_rng.bit_generator.state = rng["eval"]
+    return state["step"], state["evaluations"]
+
+
+class StopSignal:
+    """SIGINT (Ctrl-C) and SIGTERM (a cluster's pre-emption) set a flag instead of killing the run: the loop
+    saves a checkpoint at the next step boundary and exits with the command that resumes it."""
+
+    def __init__(self):
+        self.name = None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self.set)
+
+    def set(self, signum, frame):
+        self.name = signal.Signals(signum).name
+
+
+# ----------------------------------------------------------------------------------------------
 # Environments and evaluation
 # ----------------------------------------------------------------------------------------------
 def make_eval_envs(env_spec, num_envs: int, render: bool = False, **overrides) -> gym.vector.SyncVectorEnv:
@@ -882,7 +969,15 @@ def make_envs(dataset, maze: bool, num_eval: int, render: bool = False):
 
 def main(args: Args):
     check_args(args)
-    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}".replace("/", "-")
+    state = None
+    if args.resume:  # continue a run: its settings, its folder, its step
+        state = read_state(args.resume)
+        args = replace(Args(**state["args"]), resume=args.resume)
+        run_name = Path(args.resume).parent.name
+        print(f"resuming {run_name} from step {state['step']:,} with its own settings (other flags are not used)")
+    else:
+        run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}".replace("/", "-")
+    given_args = args  # before the domain defaults fill it in: what a checkpoint keeps
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -934,11 +1029,16 @@ def main(args: Args):
     train_step = make_train_step(lambda: buffer.sample(args.batch_size), networks, args, mode)
 
     # Updates are counted over both phases: 1..offline_end on the dataset, then online_steps more online.
-    start = 0
-    if args.checkpoint:
-        start = load_checkpoint(args.checkpoint, networks, args, obs_dim, act_dim, info)
-        print(f"loaded {args.checkpoint} ({start:,} updates): pre-training skipped (--offline-steps is not used)")
-    offline_end = start if args.checkpoint else args.offline_steps
+    start, evaluations, episodes = 0, [], 0  # evaluations: (step, return, normalised score, success, summary)
+    if state is not None:
+        start, evaluations = restore_state(state, networks, eval_rng)
+        buffer.load_state_dict(state["buffer"])
+        offline_end, episodes = state["offline_end"], state["online_episodes"]
+    else:
+        if args.checkpoint:
+            start = load_checkpoint(args.checkpoint, networks, args, obs_dim, act_dim, info)
+            print(f"loaded {args.checkpoint} ({start:,} updates): pre-training skipped (--offline-steps is not used)")
+        offline_end = start if args.checkpoint else args.offline_steps
     end = offline_end + args.online_steps
 
     if args.track:
@@ -948,14 +1048,12 @@ def main(args: Args):
                    config=vars(args), name=run_name, save_code=True)
     from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(f"runs/{run_name}")
+    writer = SummaryWriter(f"runs/{run_name}", purge_step=start + 1 if state is not None else None)  # no repeats
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
     writer.add_text("domain defaults", "\n".join(table))
     writer.add_text("dataset", f"{args.env_id} -> {', '.join(info['dataset_ids'])}; {n} transitions; "
                                f"reward scale {info['reward_scale']}; scores from {ref_source}; "
                                f"online phase from update {offline_end}")
-
-    evaluations = []  # (step, mean return, normalised score or None, success rate or None)
 
     def evaluate_and_log(step: int):
         frames = [] if args.capture_video else None
@@ -990,11 +1088,13 @@ def main(args: Args):
                             obs_dim, act_dim, info)
         phase_start, phase_time = step, time.time()
 
-    if offline_end == start:  # the online phase starts right away: evaluate the policy it starts from
+    if offline_end == start and state is None:  # the online phase starts right away: evaluate its first policy
         evaluate_and_log(start)
         phase_change(start)
-    obs, _ = env.reset(seed=args.seed)
-    episode_return, episode_length, episodes = 0.0, 0, 0
+    # A run resumed inside the online phase starts a new episode (the simulator's state is not saved), on its own seed.
+    obs, _ = env.reset(seed=args.seed if start <= offline_end else args.seed + start)
+    episode_return, episode_length = 0.0, 0
+    stop = StopSignal()
     for step in range(start + 1, end + 1):
         if step > offline_end:  # online: one env step with a sample of the policy, stored in the buffer
             obs, reward, terminated, truncated, env_info = online_step(env, obs, actor, buffer, observe, info, device)
@@ -1027,6 +1127,17 @@ def main(args: Args):
 
         if step == offline_end:
             phase_change(step)
+
+        if stop.name or (args.checkpoint_freq and (step % args.checkpoint_freq == 0 or step in (offline_end, end))):
+            extra = {"offline_end": offline_end, "online_episodes": episodes, "buffer": buffer.state_dict()}
+            path = save_state(f"runs/{run_name}/checkpoint_{step}.pt", step, networks, given_args, eval_rng,
+                              evaluations, extra)
+            if stop.name:
+                writer.close()
+                env.close()
+                envs.close()
+                sys.exit(f"{stop.name} at step {step:,}: saved {path}; continue with: "
+                         f"python {os.path.basename(__file__)} --resume {path}")
 
     # The evaluations at the phase change and at the end; the best one (selected on the evaluations themselves,
     # so optimistic) is labelled as such.

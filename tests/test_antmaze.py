@@ -15,8 +15,9 @@ import iql_continuous as cont
 
 # Deliberate copies: these must stay identical in every script.
 SHARED = ["UserError", "check_args", "env_domain", "with_domain_defaults", "read_episodes", "check_data",
-          "progress_line", "check_finite", "load_minari_dataset", "Batch", "sample_batch", "expectile_loss", "awr_loss",
-          "td_target", "q_loss", "gaussian_log_prob", "cosine_decay", "mlp", "TwinQ", "Value", "Actor",
+          "progress_line", "check_finite", "save_state", "read_state", "restore_state", "StopSignal",
+          "load_minari_dataset", "Batch", "sample_batch", "expectile_loss", "awr_loss", "td_target", "q_loss",
+          "gaussian_log_prob", "cosine_decay", "mlp", "TwinQ", "Value", "Actor",
           "optimizer_step", "update", "Networks", "make_networks", "make_train_step", "cuda_graph", "make_eval_envs"]
 
 

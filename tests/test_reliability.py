@@ -1,10 +1,15 @@
-"""Bad data and diverging runs stop with one line, in every script that takes the data."""
+"""Runs survive interruption and bad input: exact resume, SIGTERM, NaN guards, unreadable data."""
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, run_script
+import torch
+from conftest import ROOT, assert_one_line_error, run_script, scalars
 
 import iql_continuous as cont
 
@@ -66,3 +71,82 @@ def test_progress_line():
     line = cont.progress_line(250, 1000, 50.0, "normalized 12.30")
     assert line == "step 250/1,000  50 updates/s  ETA 0h00m15s  last evaluation: normalized 12.30"
     assert "ETA 5h33m20s" in cont.progress_line(0, 1_000_000, 50.0, "none yet")
+
+
+def final_state(run_dir):
+    return torch.load(sorted(run_dir.glob("checkpoint_*.pt"), key=lambda p: int(p.stem.split("_")[1]))[-1],
+                      weights_only=False)
+
+
+def assert_same_training_state(a: dict, b: dict):
+    assert a["step"] == b["step"]
+    for name in ("actor", "critic", "target_critic", "value"):
+        for k in a[name]:
+            assert torch.equal(a[name][k], b[name][k]), (name, k)
+    for opt_a, opt_b in zip(a["optimizers"], b["optimizers"]):
+        for i in opt_a["state"]:
+            for k in opt_a["state"][i]:
+                assert torch.equal(opt_a["state"][i][k], opt_b["state"][i][k]), (i, k)
+
+
+@pytest.mark.parametrize("script, dataset_id, flags, middle", [
+    ("iql_continuous", "test/hopper/random-v0", ["--total-steps", "200", "--checkpoint-freq", "100"], 100),
+    # fine-tuning: resumed from the checkpoint at the offline/online boundary, then 100 online steps
+    ("iql_finetune", "test/pointmaze/random-v0", ["--offline-steps", "100", "--online-steps", "100",
+                                                  "--checkpoint-freq", "1000"], 100),
+])
+def test_resumed_run_ends_bit_identical(maze_root, tmp_path, script, dataset_id, flags, middle):
+    common = ["--env-id", dataset_id, "--eval-freq", "100", "--eval-episodes", "2", "--hidden-dim", "32",
+              "--dropout", "0.1", "--log-freq", "50", "--batch-size", "64", "--no-cuda"]
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    out = run_script(script, straight, *common, *flags)
+    assert out.returncode == 0, out.stderr
+    (run_dir,) = (straight / "runs").iterdir()
+    resumed_dir = tmp_path / "resumed" / "runs" / run_dir.name
+    resumed_dir.mkdir(parents=True)
+    shutil.copy(run_dir / f"checkpoint_{middle}.pt", resumed_dir)
+    out = run_script(script, tmp_path / "resumed", "--resume", str(resumed_dir / f"checkpoint_{middle}.pt"))
+    assert out.returncode == 0, out.stderr
+    assert f"resuming {run_dir.name} from step {middle}" in out.stdout
+    a, b = final_state(run_dir), final_state(resumed_dir)
+    assert_same_training_state(a, b)
+    assert a["evaluations"] == b["evaluations"]
+    if script == "iql_finetune":
+        for k in a["buffer"]["rows"]:
+            assert torch.equal(a["buffer"]["rows"][k], b["buffer"]["rows"][k])
+    # TensorBoard continues without repeating steps: the resumed folder's log starts after the checkpoint.
+    logged = scalars(resumed_dir)
+    assert min(s for s, _ in logged["losses/q_loss"]) > middle
+
+
+def test_sigterm_saves_a_checkpoint_that_finishes_the_run(minari_root, tmp_path):
+    command = [sys.executable, str(ROOT / "iql_continuous.py"), "--env-id", "test/hopper/random-v0", "--total-steps",
+               "1500", "--log-freq", "50", "--eval-freq", "1500", "--eval-episodes", "1", "--hidden-dim", "16",
+               "--batch-size", "32", "--checkpoint-freq", "0", "--no-cuda"]
+    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    for line in proc.stdout:  # wait until training runs
+        if line.startswith("step 50/1,500"):
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    (message,) = stderr.strip().splitlines()
+    assert message.startswith("SIGTERM at step ") and "continue with: python iql_continuous.py --resume " in message
+    path = message.split("--resume ")[1]
+    stopped_at = torch.load(tmp_path / path, weights_only=False)["step"]
+    assert 50 <= stopped_at < 1500
+    out = run_script("iql_continuous", tmp_path, "--resume", path)
+    assert out.returncode == 0, out.stderr
+    assert "step    1,500" in out.stdout and f"from step {stopped_at:,}" in out.stdout
+
+
+def test_resume_refuses_a_save_model_file(minari_root, tmp_path):
+    out = run_script("iql_continuous", tmp_path, "--env-id", "test/hopper/random-v0", "--total-steps", "20",
+                     "--eval-episodes", "1", "--hidden-dim", "16", "--batch-size", "32", "--save-model",
+                     "--exp-name", "m", "--checkpoint-freq", "0")
+    assert out.returncode == 0, out.stderr
+    (model,) = (tmp_path / "runs").glob("*/m.pt")
+    assert not list((tmp_path / "runs").glob("*/checkpoint_*.pt"))  # --checkpoint-freq 0: none
+    assert_one_line_error(run_script("iql_continuous", tmp_path, "--resume", str(model)), "is not a checkpoint_")
