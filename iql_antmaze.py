@@ -319,7 +319,8 @@ def load_data(args: Args, device):
     space = first.observation_space
     domain = env_domain(first.env_spec.name if first.env_spec is not None else "")
     if domain in ("locomotion", "adroit", "kitchen"):
-        raise UserError(f"'{args.env_id}' is a {domain} dataset: use iql_continuous.py for it.")
+        raise UserError(f"'{args.env_id}' is {'an' if domain == 'adroit' else 'a'} {domain} dataset: "
+                        "use iql_continuous.py for it.")
     if not isinstance(space, gym.spaces.Dict):
         raise UserError(f"'{args.env_id}' has flat observations: use iql_continuous.py for it.")
     if not MAZE_KEYS <= set(space.spaces):

@@ -271,7 +271,8 @@ def load_minari_dataset(dataset_id: str):
 
 def flat_observations(obs) -> np.ndarray:
     """The network input: the observation array itself, or Kitchen's `observation` entry. Kitchen's goal dicts
-    hold the same task goals in every episode of a dataset, so they would add nothing and are left out."""
+    are left out: the desired goals are the same in every episode of a dataset, and the achieved ones repeat
+    object positions that `observation` already holds."""
     return obs["observation"] if isinstance(obs, dict) else obs
 
 

@@ -95,6 +95,15 @@ def skip_reason(run: Run) -> Optional[str]:
     return None
 
 
+def finished(run: Run, folder: Path) -> bool:
+    """A run counts as done when it finished with the same command (a suite whose flags changed runs again)."""
+    done = folder / run.name / "done"
+    if not done.exists():
+        return False
+    words = done.read_text().split()  # python, the script's path (wherever the repository was), its flags
+    return len(words) > 1 and Path(words[1]).name == f"{run.script}.py" and words[2:] == run.command()[2:]
+
+
 def execute(command: list[str], folder: str, threads: int) -> int:
     """One run, in its own folder (the script writes runs/<run_name>/ there); `done` marks success."""
     folder = Path(folder)
@@ -103,8 +112,9 @@ def execute(command: list[str], folder: str, threads: int) -> int:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     with open(folder / "log.txt", "w") as log:
         code = subprocess.run(command, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+    (folder / ("done" if code == 0 else "failed")).write_text(" ".join(command) + "\n")
     if code == 0:
-        (folder / "done").write_text(" ".join(command) + "\n")
+        (folder / "failed").unlink(missing_ok=True)
     return code
 
 
@@ -132,7 +142,7 @@ def run_suite(runs: list[Run], args: Args, folder: Path) -> dict:
         reason = skip_reason(run)
         if reason:
             status[run.name] = f"skipped: {reason}"
-        elif (folder / run.name / "done").exists():
+        elif finished(run, folder):
             status[run.name] = "done (earlier)"
         else:
             todo.append(run)
@@ -160,8 +170,8 @@ def run_suite(runs: list[Run], args: Args, folder: Path) -> dict:
             except Exception as e:  # killed by the time limit, or the worker failed
                 code = f"{type(e).__name__}: {str(e).splitlines()[0][:100]}"
             status[run.name] = "done" if code == 0 else f"failed ({code}), see {folder / run.name / 'log.txt'}"
-            finished = sum(1 for r in todo if r.name in status)
-            print(f"[{finished}/{len(todo)}, {len(running)} running, {time.time() - start:.0f}s] {run.name}: "
+            count = sum(1 for r in todo if r.name in status)
+            print(f"[{count}/{len(todo)}, {len(running)} running, {time.time() - start:.0f}s] {run.name}: "
                   f"{status[run.name]}", flush=True)
     return status
 
@@ -183,12 +193,15 @@ def aggregate(runs: list[Run], folder: Path) -> dict:
     runs that finished."""
     groups = {}
     for run in runs:
-        if not (folder / run.name / "done").exists():
+        if not finished(run, folder):
             continue
         scores = read_scores(folder / run.name)
         if not scores:
             continue
         g = groups.setdefault((run.env_id, run.algo), {"steps": [s for s, _ in scores], "curves": []})
+        if [s for s, _ in scores] != g["steps"]:
+            sys.exit(f"error: {run.name} was evaluated at other steps than the other seeds of {run.env_id} "
+                     f"{run.algo}; remove {folder / run.name} and run the suite again")
         g["curves"].append([v for _, v in scores])
     for g in groups.values():
         g["final"] = [c[-1] for c in g["curves"]]
@@ -237,6 +250,10 @@ def plot(groups: dict, path: Path):
 
 
 def main(args: Args, runs: Optional[list[Run]] = None) -> dict:
+    if args.max_parallel < 1 or args.threads < 1:
+        sys.exit(f"error: --max-parallel and --threads must be >= 1, got {args.max_parallel} and {args.threads}")
+    if "MINARI_DATASETS_PATH" in os.environ:  # each run works in its own folder: a relative path would break there
+        os.environ["MINARI_DATASETS_PATH"] = str(Path(os.environ["MINARI_DATASETS_PATH"]).resolve())
     runs = runs if runs is not None else {"local": local_suite, "paper": paper_suite}[args.suite]()
     out = Path(args.out)
     folder = out / args.suite
@@ -246,8 +263,11 @@ def main(args: Args, runs: Optional[list[Run]] = None) -> dict:
     skipped = sorted({f"- {r.env_id}: {status[r.name][len('skipped: '):]}" for r in runs
                       if status.get(r.name, "").startswith("skipped")})
     report = table(groups) if groups else "(no finished runs)"
+    failed = [f"- {r.name}: see {folder / r.name / 'log.txt'}" for r in runs if (folder / r.name / "failed").exists()]
     if skipped:
         report += "\n\nSkipped:\n" + "\n".join(skipped)
+    if failed:  # listed, not hidden: leaving them out of the table would favour the seeds that survived
+        report += "\n\nFailed (not in the table):\n" + "\n".join(failed)
     (out / f"{args.suite}.md").write_text(report + "\n")
     if groups:
         plot(groups, out / f"{args.suite}.png")

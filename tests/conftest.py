@@ -151,13 +151,13 @@ def scalars(run_dir) -> dict:
 KITCHEN_TASKS = ["microwave", "kettle", "light switch", "slide cabinet"]  # D4RL's kitchen-complete tasks
 
 
-def make_robotics_dataset(dataset_id: str, env, num_episodes: int, seed: int):
+def make_robotics_dataset(dataset_id: str, env, num_episodes: int, seed: int, **ref_scores):
     import minari
 
     buffers = rollout_buffers(env, num_episodes, seed)
     minari.create_dataset_from_buffers(dataset_id, buffers, env=env, eval_env=env.spec, algorithm_name="random",
                                        author="tests", author_email="tests@example.org",
-                                       code_permalink="tests/conftest.py", description="random episodes")
+                                       code_permalink="tests/conftest.py", description="random episodes", **ref_scores)
     env.close()
     return buffers
 
@@ -165,7 +165,8 @@ def make_robotics_dataset(dataset_id: str, env, num_episodes: int, seed: int):
 @pytest.fixture(scope="session")
 def robotics_root(minari_root):
     """Adds `test/pen/random-v0` (AdroitHandPen-v1, no reference scores: D4RL's pen constants apply) and
-    `test/kitchen/random-v0` (FrankaKitchen-v1 recorded as Minari records it: tasks kept, rewards repeating)."""
+    `test/kitchen/random-v0` (FrankaKitchen-v1 recorded as Minari records it: tasks kept, rewards repeating; with
+    reference scores on another scale, which the kitchen score must not use)."""
     import contextlib
     import io
 
@@ -177,5 +178,6 @@ def robotics_root(minari_root):
         "test/pen/random-v0", gym.make("AdroitHandPen-v1", max_episode_steps=30), 3, seed=11)
     kitchen = gym.make("FrankaKitchen-v1", tasks_to_complete=KITCHEN_TASKS, remove_task_when_completed=False,
                        terminate_on_tasks_completed=False, max_episode_steps=20)
-    buffers["test/kitchen/random-v0"] = make_robotics_dataset("test/kitchen/random-v0", kitchen, 3, seed=12)
+    buffers["test/kitchen/random-v0"] = make_robotics_dataset("test/kitchen/random-v0", kitchen, 3, seed=12,
+                                                              ref_min_score=0.0, ref_max_score=80.0)
     return root, buffers

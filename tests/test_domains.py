@@ -1,6 +1,7 @@
 """Domains: hyperparameter defaults from the env spec, Adroit and Kitchen data, the D4RL-style Kitchen score."""
 
-import gymnasium as gym
+import signal
+
 import mujoco
 import numpy as np
 import pytest
@@ -28,7 +29,10 @@ def test_flags_win_over_domain_defaults_and_the_table_shows_both():
     assert "dropout      0.0" in lines[2] and "flag (the adroit default is 0.1)" in lines[2]
     args, _ = cont.with_domain_defaults(cont.Args(), "maze")
     assert (args.expectile, args.temperature, args.dropout) == (0.9, 10.0, None)
-    assert cont.Actor(3, 1, 8, args.dropout).net[2].__class__ is not torch.nn.Dropout
+    assert not any(isinstance(m, torch.nn.Dropout) for m in cont.Actor(3, 1, 8, args.dropout).net)
+    args, _ = cont.with_domain_defaults(cont.Args(), "kitchen")
+    dropouts = [m.p for m in cont.Actor(3, 1, 8, args.dropout).net if isinstance(m, torch.nn.Dropout)]
+    assert dropouts == [0.1, 0.1]  # after each hidden layer
 
 
 def test_adroit_and_kitchen_data(robotics_root):
@@ -53,7 +57,7 @@ def test_scripts_point_to_each_other_by_domain(robotics_root, maze_root):
         cont.load_data(cont.Args(env_id="test/pointmaze/random-v0"), "cpu")
     with pytest.raises(maze.UserError, match="is a kitchen dataset: use iql_continuous.py"):
         maze.load_data(maze.Args(env_id="test/kitchen/random-v0"), "cpu")
-    with pytest.raises(maze.UserError, match="is a adroit dataset: use iql_continuous.py"):
+    with pytest.raises(maze.UserError, match="is an adroit dataset: use iql_continuous.py"):
         maze.load_data(maze.Args(env_id="test/pen/random-v0"), "cpu")
 
 
@@ -132,6 +136,27 @@ def test_end_to_end_adroit_and_kitchen(robotics_root, tmp_path, dataset_id, doma
     assert [s for s, _ in logged["charts/normalized_score"]] == [100, 200]
 
 
+def test_kitchen_evaluation_env_is_built_the_d4rl_way(robotics_root, tmp_path, monkeypatch):
+    """main() builds the Kitchen evaluation envs with KITCHEN_EVAL (tasks removed when done, episode ends when
+    all are), which a random policy's score alone cannot show."""
+    seen, real = [], cont.make_eval_envs
+
+    def spy(spec, num_envs, render=False, **overrides):
+        seen.append(overrides)
+        return real(spec, num_envs, render, **overrides)
+
+    monkeypatch.setattr(cont, "make_eval_envs", spy)
+    monkeypatch.chdir(tmp_path)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        cont.main(cont.Args(env_id="test/kitchen/random-v0", total_steps=2, eval_freq=2, eval_episodes=1,
+                            hidden_dim=8, batch_size=8, checkpoint_freq=0, cuda=False))
+    finally:
+        for sig, handler in handlers.items():  # main() takes over SIGINT/SIGTERM; give them back to pytest
+            signal.signal(sig, handler)
+    assert seen == [{"remove_task_when_completed": True, "terminate_on_tasks_completed": True}]
+
+
 def test_finetune_on_adroit(robotics_root, tmp_path):
     out = run_script("iql_finetune", tmp_path, "--env-id", "test/pen/random-v0", "--offline-steps", "50",
                      "--online-steps", "40", "--eval-freq", "1000", "--eval-episodes", "1", "--hidden-dim", "32",
@@ -157,6 +182,3 @@ def test_adroit_and_kitchen_names():
     with pytest.raises(cont.UserError, match="unknown env id"):
         cont.resolve_dataset_ids("kitchen-full-v0")
 
-
-def test_gym_registers_the_robotics_envs():
-    assert "AdroitHandPen-v1" in gym.registry and "FrankaKitchen-v1" in gym.registry

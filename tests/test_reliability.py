@@ -42,7 +42,7 @@ def broken_root(minari_root):
 @pytest.mark.parametrize("script", ["iql_continuous", "iql_finetune"])
 @pytest.mark.parametrize("env_id, message", [
     ("test/hopper/nan-v0", "has NaN or infinite rewards (1 transitions, the first at index"),
-    ("test/hopper/truncated-v0", "truncated-v0/data (OSError"),
+    ("test/hopper/truncated-v0", "truncated-v0/data (OSError: Unable to synchronously open file (truncated file"),
 ])
 def test_bad_data_is_one_line(broken_root, tmp_path, script, env_id, message):
     out = run_script(script, tmp_path, "--env-id", env_id, "--eval-episodes", "1", timeout=120)

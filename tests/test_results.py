@@ -1,5 +1,6 @@
 """benchmarks/run.py: the suite runner (submitit's local launcher), skipping, aggregation, the table and the plot."""
 
+import os
 import sys
 
 import pytest
@@ -18,7 +19,7 @@ def write_run(folder, run, scores, done=True):
         writer.add_scalar("charts/normalized_score", score, step)
     writer.close()
     if done:
-        (folder / run.name / "done").write_text("")
+        (folder / run.name / "done").write_text(" ".join(run.command()))
 
 
 def test_aggregation_of_known_values_gives_the_known_table(tmp_path):
@@ -46,7 +47,9 @@ def test_datasets_without_minari_counterpart_are_skipped():
     assert len(runs) == 15 * 2 * 5 and {r.seed for r in runs} == set(range(5))
 
 
-def test_local_launcher_runs_a_suite_and_skips_what_finished(minari_root, tmp_path, capsys):
+def test_local_launcher_runs_a_suite_and_skips_what_finished(minari_root, tmp_path, capsys, monkeypatch):
+    # A relative MINARI_DATASETS_PATH, as the README's command gives it: each run works in its own folder.
+    monkeypatch.setenv("MINARI_DATASETS_PATH", os.path.relpath(minari_root[0]))
     flags = ("--total-steps", "40", "--eval-freq", "20", "--eval-episodes", "1", "--hidden-dim", "16",
              "--batch-size", "32")
     runs = [runner.Run("iql_continuous", "test/hopper/random-v0", algo, 1, flags, 5) for algo in ("IQL", "BC")]
@@ -65,6 +68,14 @@ def test_local_launcher_runs_a_suite_and_skips_what_finished(minari_root, tmp_pa
     assert status[runs[0].name] == status[runs[1].name] == "done (earlier)"
     assert sorted((tmp_path / "local" / "submitit").iterdir()) == jobs
     assert "2 done earlier, 1 skipped" in capsys.readouterr().out
+
+    changed = [runs[0]._replace(flags=flags[:-2] + ("--batch-size", "16"))]  # other flags: not the same run
+    assert runner.finished(runs[0], tmp_path / "local") and not runner.finished(changed[0], tmp_path / "local")
+
+
+def test_bad_runner_arguments_are_one_line():
+    with pytest.raises(SystemExit, match="error: --max-parallel and --threads must be >= 1"):
+        runner.main(runner.Args(max_parallel=0), [])
 
 
 @pytest.mark.parametrize("suite", [runner.local_suite, runner.paper_suite])
