@@ -235,7 +235,7 @@ def test_online_phase_from_the_start(maze_root, tmp_path):
     logged = scalars(next((tmp_path / "runs").iterdir()))
     assert logged["charts/online_start_step"] == [(0, 0.0)]
     assert [s for s, _ in logged["charts/success_rate"]] == [0, 20]
-    assert [p.name for p in (tmp_path / "runs").glob("*/*.pt")] == ["iql_finetune_online.pt"]
+    assert sorted(p.name for p in (tmp_path / "runs").glob("*/*.pt")) == ["checkpoint_20.pt", "iql_finetune_online.pt"]
 
 
 def test_end_to_end_flat_observations(minari_root, tmp_path):
