@@ -171,8 +171,6 @@ def check_args(args: Args):
         raise UserError(f"--temperature must be >= 0 (0 is behaviour cloning), got {args.temperature}")
     if args.cudagraphs and not (args.cuda and torch.cuda.is_available()):
         raise UserError("--cudagraphs needs a CUDA device (and --cuda)")
-    if args.cudagraphs and args.compile:
-        raise UserError("choose one of --compile and --cudagraphs")
     if args.track:
         try:
             import wandb  # noqa: F401
@@ -713,7 +711,8 @@ def make_train_step(sample: Callable[[], Batch], networks: Networks, args: Args,
     """step() draws a batch with sample(), runs one update and advances the actor's schedule; it returns the
     metrics (tensors).
 
-    mode None runs eagerly, "compile" through torch.compile, "cudagraphs" replays a captured CUDA graph.
+    mode None runs eagerly, "compile" through torch.compile, "cudagraphs" replays a captured CUDA graph, and
+    "compile+cudagraphs" captures the compiled losses (fused kernels) in the graph.
     """
     actor, critic, target_critic, value, optimizers, actor_schedule = networks
 
@@ -721,10 +720,10 @@ def make_train_step(sample: Callable[[], Batch], networks: Networks, args: Args,
         return update(sample(), actor, critic, target_critic, value, *optimizers, args)
 
     fn = sample_and_update
-    if mode == "compile":
-        fn = torch.compile(sample_and_update)
-    elif mode == "cudagraphs":
-        fn = cuda_graph(sample_and_update)
+    if mode in ("compile", "compile+cudagraphs"):
+        fn = torch.compile(fn)
+    if mode in ("cudagraphs", "compile+cudagraphs"):
+        fn = cuda_graph(fn)
 
     def step():
         metrics = fn()
@@ -1026,7 +1025,7 @@ def main(args: Args):
 
     networks = make_networks(obs_dim, act_dim, args, device, lr_decay_steps=None)  # constant rates (IK fine-tune)
     actor = networks.actor
-    mode = "cudagraphs" if args.cudagraphs else "compile" if args.compile else None
+    mode = "+".join(m for m in ("compile", "cudagraphs") if getattr(args, m)) or None
     train_step = make_train_step(lambda: buffer.sample(args.batch_size), networks, args, mode)
 
     # Updates are counted over both phases: 1..offline_end on the dataset, then online_steps more online.

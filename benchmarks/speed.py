@@ -44,6 +44,8 @@ class Args:
     """torch device to benchmark on (cpu, cuda)"""
     threads: Optional[int] = None
     """torch CPU threads (None: torch's default)"""
+    only: Optional[str] = None
+    """time only these variants (comma-separated names as in the table) next to the baseline"""
     rounds: int = 15
     """interleaved rounds per variant; the median is reported"""
     updates_per_round: int = 100
@@ -332,6 +334,10 @@ def main(args: Args):
             variants[f"{name} --compile"] = ScriptUpdate(module, data, device, "compile")
         if torch.device(device).type == "cuda":
             variants[f"{name} --cudagraphs"] = ScriptUpdate(module, data, device, "cudagraphs")
+            if args.compile:
+                variants[f"{name} --compile --cudagraphs"] = ScriptUpdate(module, data, device, "compile+cudagraphs")
+    if args.only:
+        variants = {n: v for n, v in variants.items() if n == "baseline" or n in args.only.split(",")}
     rates = time_updates(variants, args)
     # The ratio is the median over rounds of (variant / baseline in the same round): drift in the machine's speed
     # between rounds cancels.
