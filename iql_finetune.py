@@ -765,6 +765,9 @@ def cuda_graph(fn, warmup: int = 3):
     return call
 
 
+# ----------------------------------------------------------------------------------------------
+# Pre-trained weights: the files --save-model writes at each phase end, and --checkpoint loads
+# ----------------------------------------------------------------------------------------------
 def save_checkpoint(path: str, networks: Networks, args: Args, step: int, phase: str, obs_dim: int, act_dim: int,
                     info: dict):
     """The networks, the optimisers' state and how the data were scaled (not the replay buffer or the env)."""
