@@ -651,12 +651,13 @@ def restore_state(state: dict, networks: Networks, eval_rng) -> tuple[int, list]
 
 
 class StopSignal:
-    """SIGINT (Ctrl-C) and SIGTERM (a cluster's pre-emption) set a flag instead of killing the run: the loop
-    saves a checkpoint at the next step boundary and exits with the command that resumes it."""
+    """SIGINT (Ctrl-C), SIGTERM (a cluster's pre-emption) and SIGUSR1/SIGUSR2 (what SLURM's `--signal` sends ahead of
+    a time limit) set a flag instead of killing the run: the loop saves a checkpoint at the next step boundary and
+    exits with the command that resumes it."""
 
     def __init__(self):
         self.name = None
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
             signal.signal(sig, self.set)
 
     def set(self, signum, frame):

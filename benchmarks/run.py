@@ -5,13 +5,16 @@
 
 Each run is a separate process (`python iql_*.py ...`) started through submitit: `--launcher local` runs at most
 `--max-parallel` of them at once on this machine, `--launcher slurm` submits a job array to SLURM (at most
-`--max-parallel` running). A run that finished is not run again; the table and plot are rebuilt from every finished
-run's TensorBoard log. Output: `benchmarks/results/{suite}.md` (table), `{suite}.png` (curves), and one folder per
+`--max-parallel` running). A run that finished is not run again, an unfinished one resumes from its newest checkpoint,
+and a job warned of a time limit or pre-emption (SIGUSR2) saves and requeues itself (see `Execute`). The table and
+plot are rebuilt from every finished run's TensorBoard log. Output: `benchmarks/results/{suite}.md` (table), `{suite}.png` (curves), and one folder per
 run under `benchmarks/results/{suite}/` (its log, its TensorBoard events, a `done` marker).
 """
 
 import importlib
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -104,25 +107,62 @@ def finished(run: Run, folder: Path) -> bool:
     return len(words) > 1 and Path(words[1]).name == f"{run.script}.py" and words[2:] == run.command()[2:]
 
 
-def execute(command: list[str], folder: str, threads: int) -> int:
-    """One run, in its own folder (the script writes runs/<run_name>/ there); `done` marks success."""
-    folder = Path(folder)
-    for old in folder.glob("runs/*/events.out.tfevents.*"):  # an unfinished earlier attempt starts over
-        old.unlink()
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    with open(folder / "log.txt", "w") as log:
-        code = subprocess.run(command, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
-    (folder / ("done" if code == 0 else "failed")).write_text(" ".join(command) + "\n")
-    if code == 0:
-        (folder / "failed").unlink(missing_ok=True)
-    return code
+def newest_checkpoint(folder: Path) -> Optional[Path]:
+    """The checkpoint_{step}.pt with the highest step that a run left in its folder, or None."""
+    found = list(folder.glob("runs/*/checkpoint_*.pt"))
+    return max(found, key=lambda p: int(p.stem.split("_")[1])) if found else None
+
+
+class Execute:
+    """One run as a submitit job: `python iql_*.py ...` in the run's folder (the script writes runs/<run_name>/ there),
+    its output in log.txt, a `done` or `failed` marker at the end.
+
+    An unfinished earlier attempt with the same command is resumed from its newest checkpoint (`--resume`), not
+    started over. On a cluster, submitit warns its worker with SIGUSR2 before a time limit or a pre-emption and calls
+    checkpoint(): that asks the run to save (SIGTERM; the script checkpoints at the next step boundary and exits)
+    and requeues this same call, which then resumes."""
+
+    def __init__(self):
+        self.proc = None  # the training process while it runs
+
+    def __call__(self, command: list[str], folder: str, threads: int) -> int:
+        folder = Path(folder)
+        given = " ".join(command) + "\n"
+        resume = newest_checkpoint(folder) if (folder / "command").exists() and \
+            (folder / "command").read_text() == given else None
+        if resume is None:  # first attempt, or the suite's command changed: start over
+            shutil.rmtree(folder / "runs", ignore_errors=True)
+            (folder / "command").write_text(given)
+        started = command if resume is None else [command[0], command[1], "--resume", str(resume.relative_to(folder))]
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        with open(folder / "log.txt", "a") as log:
+            log.write(f"$ {' '.join(started)}\n")
+            log.flush()
+            self.proc = subprocess.Popen(started, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
+            while (code := self.proc.poll()) is None:  # not proc.wait(): it would block checkpoint()'s own wait
+                time.sleep(0.5)
+        (folder / ("done" if code == 0 else "failed")).write_text(given)
+        if code == 0:
+            (folder / "failed").unlink(missing_ok=True)
+        return code
+
+    def checkpoint(self, command: list[str], folder: str, threads: int):
+        """Called by submitit (in the signal handler) on a time limit or pre-emption; returns the call to requeue."""
+        from submitit.helpers import DelayedSubmission
+
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # saves at the next step boundary, or after an evaluation
+            deadline = time.time() + 60  # submitit's warning comes 90 s before the kill; else the newest checkpoint
+            while self.proc.poll() is None and time.time() < deadline:
+                time.sleep(0.2)
+        return DelayedSubmission(Execute(), command, folder, threads)
 
 
 def make_executor(args: Args, folder: Path, minutes: float):
     import cloudpickle
     import submitit
 
-    if __name__ != "__main__":  # imported (as the tests do): send execute() by value, the worker cannot import us
+    if __name__ != "__main__":  # imported (as the tests do): send Execute by value, the worker cannot import us
         cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
     executor = submitit.AutoExecutor(folder=str(folder / "submitit"), cluster=args.launcher)
@@ -156,12 +196,12 @@ def run_suite(runs: list[Run], args: Args, folder: Path) -> dict:
     start, pending, running = time.time(), list(todo), {}
     if args.launcher == "slurm":  # one job array; SLURM keeps max_parallel of it running
         with executor.batch():
-            jobs = [executor.submit(execute, r.command(), str(folder / r.name), args.threads) for r in todo]
+            jobs = [executor.submit(Execute(), r.command(), str(folder / r.name), args.threads) for r in todo]
         running, pending = dict(zip(jobs, todo)), []
     while pending or running:
         while pending and len(running) < args.max_parallel:  # LocalExecutor would start them all at once
             run = pending.pop(0)
-            running[executor.submit(execute, run.command(), str(folder / run.name), args.threads)] = run
+            running[executor.submit(Execute(), run.command(), str(folder / run.name), args.threads)] = run
         time.sleep(2)
         for job in [j for j in running if j.done()]:
             run = running.pop(job)

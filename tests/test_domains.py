@@ -147,12 +147,12 @@ def test_kitchen_evaluation_env_is_built_the_d4rl_way(robotics_root, tmp_path, m
 
     monkeypatch.setattr(cont, "make_eval_envs", spy)
     monkeypatch.chdir(tmp_path)
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)}
     try:
         cont.main(cont.Args(env_id="test/kitchen/random-v0", total_steps=2, eval_freq=2, eval_episodes=1,
                             hidden_dim=8, batch_size=8, checkpoint_freq=0, cuda=False))
     finally:
-        for sig, handler in handlers.items():  # main() takes over SIGINT/SIGTERM; give them back to pytest
+        for sig, handler in handlers.items():  # main() takes over these signals; give them back
             signal.signal(sig, handler)
     assert seen == [{"remove_task_when_completed": True, "terminate_on_tasks_completed": True}]
 

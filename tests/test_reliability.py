@@ -150,3 +150,19 @@ def test_resume_refuses_a_save_model_file(minari_root, tmp_path):
     (model,) = (tmp_path / "runs").glob("*/m.pt")
     assert not list((tmp_path / "runs").glob("*/checkpoint_*.pt"))  # --checkpoint-freq 0: none
     assert_one_line_error(run_script("iql_continuous", tmp_path, "--resume", str(model)), "is not a checkpoint_")
+
+
+def test_stop_signals_set_the_flag_instead_of_killing():
+    """SIGUSR1/SIGUSR2 (SLURM's `--signal` warning) would kill a python process by default: here they set the flag
+    that makes the loop save and stop, like SIGINT and SIGTERM."""
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+    handlers = {s: signal.getsignal(s) for s in signals}
+    try:
+        for sig in signals:
+            stop = cont.StopSignal()
+            assert stop.name is None
+            os.kill(os.getpid(), sig)
+            assert stop.name == sig.name
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)

@@ -1,7 +1,10 @@
 """benchmarks/run.py: the suite runner (submitit's local launcher), skipping, aggregation, the table and the plot."""
 
 import os
+import signal
 import sys
+import time
+from pathlib import Path
 
 import pytest
 from conftest import ROOT
@@ -83,3 +86,65 @@ def test_suites_use_real_scripts_and_both_algorithms(suite):
     runs = suite()
     assert {r.algo for r in runs} == {"IQL", "BC"} and all((ROOT / f"{r.script}.py").exists() for r in runs)
     assert len({r.name for r in runs}) == len(runs)
+
+
+def test_an_unfinished_run_resumes_from_its_newest_checkpoint(tmp_path):
+    """Execute's choice, with a stand-in script that prints its arguments: resume only the same command, from the
+    checkpoint with the highest step (20, not 5: steps compare as numbers)."""
+    script = tmp_path / "echo.py"
+    script.write_text("import sys\nprint('args:', *sys.argv[1:])\n")
+    command, folder = [sys.executable, str(script), "--seed", "1"], tmp_path / "run"
+    folder.mkdir()
+
+    def attempt(old_command):
+        (folder / "runs" / "r").mkdir(parents=True, exist_ok=True)
+        for step in (5, 20):
+            (folder / "runs" / "r" / f"checkpoint_{step}.pt").write_bytes(b"")
+        if old_command:
+            (folder / "command").write_text(" ".join(old_command) + "\n")
+        assert runner.Execute()(command, str(folder), 1) == 0
+        return (folder / "log.txt").read_text().splitlines()[-1]
+
+    assert attempt(command) == "args: --resume runs/r/checkpoint_20.pt"
+    assert (folder / "done").read_text().split()[2:] == ["--seed", "1"]  # the suite's command, not the resume one
+    assert attempt(command[:2] + ["--seed", "2"]) == "args: --seed 1"  # another command: starts over ...
+    assert not (folder / "runs").exists()  # ... without the other run's logs
+    assert attempt(None) == "args: --resume runs/r/checkpoint_20.pt"  # `command` was written by the last attempt
+
+
+def worker_pid(controller_pid: int) -> int:
+    """The worker that submitit's local controller started (its only child)."""
+    children = Path(f"/proc/{controller_pid}/task/{controller_pid}/children")
+    for _ in range(200):
+        pids = children.read_text().split()
+        if pids:
+            return int(pids[0])
+        time.sleep(0.1)
+    raise AssertionError("submitit's worker did not start")
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds submitit's worker through /proc (Linux)")
+def test_preempted_job_saves_requeues_and_resumes(minari_root, tmp_path, monkeypatch):
+    """submitit's real path on a cluster, run locally: the worker gets SIGUSR2 (SLURM's warning before a pre-emption),
+    checkpoint() has the run save and requeues the job, and the requeued job resumes from that checkpoint."""
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(minari_root[0]))
+    run = runner.Run("iql_continuous", "test/hopper/random-v0", "IQL", 1,
+                     ("--total-steps", "3000", "--log-freq", "100", "--checkpoint-freq", "100", "--eval-freq", "3000",
+                      "--eval-episodes", "1", "--hidden-dim", "16", "--batch-size", "32", "--no-cuda"), 5)
+    folder = tmp_path / run.name
+    folder.mkdir()
+    executor = runner.make_executor(runner.Args(out=str(tmp_path)), tmp_path, run.minutes)
+    job = executor.submit(runner.Execute(), run.command(), str(folder), 1)
+    for _ in range(600):  # training has started once the first checkpoint is written
+        if runner.newest_checkpoint(folder):
+            break
+        time.sleep(0.1)
+    os.kill(worker_pid(job._process.pid), signal.SIGUSR2)
+    assert job.result() == 0
+    log = (folder / "log.txt").read_text()
+    first, second = [line for line in log.splitlines() if line.startswith("$ ")]
+    assert "--resume" not in first and " --resume runs/" in second
+    stopped = int(second.rsplit("checkpoint_", 1)[1].removesuffix(".pt"))
+    assert "SIGTERM at step " in log and f"from step {stopped:,}" in log and 0 < stopped < 3000
+    assert "step    3,000" in log and runner.finished(run, tmp_path)
+    assert len(list(folder.glob("runs/*"))) == 1  # resumed in the same run folder
