@@ -34,7 +34,7 @@ import re
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
@@ -844,7 +844,8 @@ def save_state(path: str, step: int, networks: Networks, args: Args, eval_rng, e
     """Every network, optimiser and schedule, the step, the evaluations so far, every random generator and what
     the script adds in `extra`, so that a resumed run continues exactly. Written to a temporary file, then renamed:
     an interrupted write never leaves a broken checkpoint behind."""
-    state = {"step": step, "args": asdict(args), "evaluations": evaluations, **(extra or {}),
+    state = {"script": os.path.basename(__file__), "step": step, "args": asdict(args), "evaluations": evaluations,
+             **(extra or {}),
              **{name: getattr(networks, name).state_dict() for name in ("actor", "critic", "target_critic", "value")},
              "optimizers": [opt.state_dict() for opt in networks.optimizers],
              "actor_schedule": networks.actor_schedule.state_dict(),
@@ -863,6 +864,9 @@ def read_state(path: str) -> dict:
         raise UserError(f"cannot read checkpoint {path} ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
     if not isinstance(state, dict) or not {"step", "args", "rng", "optimizers"} <= set(state):
         raise UserError(f"{path} is not a checkpoint_{{step}}.pt file of this script (--save-model files cannot resume)")
+    script, other = os.path.basename(__file__), state.get("script", "another script")
+    if other != script or set(state["args"]) != {f.name for f in fields(Args)}:
+        raise UserError(f"{path} was written by {other}, not {script}: resume it with the script that wrote it")
     return state
 
 

@@ -39,6 +39,46 @@ def broken_root(minari_root):
     return root, buffers
 
 
+@pytest.fixture(scope="module")
+def continuous_checkpoint(minari_root, tmp_path_factory):
+    """A real checkpoint_{step}.pt of iql_continuous.py (20 updates), for the scripts that must refuse it."""
+    cwd = tmp_path_factory.mktemp("resume")
+    out = run_script("iql_continuous", cwd, "--env-id", "test/hopper/random-v0", "--total-steps", "20",
+                     "--eval-episodes", "1", "--hidden-dim", "16", "--batch-size", "32", "--no-cuda")
+    assert out.returncode == 0, out.stderr
+    return str(next(cwd.glob("runs/*/checkpoint_20.pt")))
+
+
+HOPPER, MAZE = ["--env-id", "test/hopper/random-v0"], ["--env-id", "test/pointmaze/random-v0"]
+BAD_INPUTS = [  # (script, flags, the message's telling part); each case of the reliability issue, over the scripts
+    ("iql_continuous", HOPPER + ["--expectile", "1.5"], "--expectile must be in (0, 1), got 1.5"),
+    ("iql_antmaze", MAZE + ["--expectile", "0"], "--expectile must be in (0, 1), got 0.0"),
+    ("iql_finetune", MAZE + ["--temperature", "-1"], "--temperature must be >= 0 (0 is behaviour cloning), got -1.0"),
+    ("iql_antmaze", MAZE + ["--batch-size", "0"], "--batch-size must be positive, got 0"),
+    ("iql_continuous", HOPPER + ["--batch-size", "100000"], "--batch-size 100000 is larger than the dataset (333 transitions)"),
+    ("iql_continuous", HOPPER + ["--total-steps", "0"], "--total-steps must be positive, got 0"),
+    ("iql_finetune", MAZE + ["--offline-steps", "-5"], "--offline-steps must be >= 0, got -5"),
+    ("iql_antmaze", MAZE + ["--eval-episodes", "0"], "--eval-episodes must be positive, got 0"),
+    ("iql_continuous", HOPPER + ["--dropout", "1.0"], "--dropout must be in [0, 1), got 1.0"),
+    ("iql_continuous", ["--env-id", "cartpole"], "unknown env id 'cartpole'"),
+    ("iql_continuous", ["--env-id", "hopper-random-v2"], "no Minari counterpart"),
+    ("iql_continuous", ["--env-id", "test/hopper/absent-v0"], "could not be downloaded"),
+    ("iql_continuous", MAZE, "is a maze dataset"),  # the wrong observation kind for the script
+    ("iql_antmaze", HOPPER, "is a locomotion dataset: use iql_continuous.py"),
+    ("iql_finetune", ["--resume", "CONTINUOUS"], "was written by iql_continuous.py, not iql_finetune.py"),
+    ("iql_antmaze", ["--resume", "CONTINUOUS"], "was written by iql_continuous.py, not iql_antmaze.py"),
+    ("iql_continuous", ["--resume", "absent.pt"], "--resume absent.pt: no such file"),
+]  # truncated and NaN data: test_bad_data_is_one_line; a --checkpoint of the wrong shape: test_finetune.py
+
+
+@pytest.mark.parametrize("script, flags, message", BAD_INPUTS, ids=[" ".join(c[1][-2:]) for c in BAD_INPUTS])
+def test_bad_input_is_one_line(maze_root, continuous_checkpoint, tmp_path, script, flags, message):
+    flags = [continuous_checkpoint if f == "CONTINUOUS" else f for f in flags]
+    out = run_script(script, tmp_path, *flags, "--eval-episodes" if "--eval-episodes" not in flags else "--seed", "1",
+                     timeout=120)
+    assert_one_line_error(out, message)
+
+
 @pytest.mark.parametrize("script", ["iql_continuous", "iql_finetune"])
 @pytest.mark.parametrize("env_id, message", [
     ("test/hopper/nan-v0", "has NaN or infinite rewards (1 transitions, the first at index"),
