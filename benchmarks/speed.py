@@ -181,23 +181,37 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def time_updates(variants: dict, args: Args) -> dict:
-    """Interleave the variants round by round; returns {name: [updates/s per round]}."""
-    rates = {name: [] for name in variants}
+def time_updates(variants: dict, args: Args) -> tuple[dict, dict]:
+    """Each round times every variant right next to its own baseline measurement (baseline first in odd rounds,
+    last in even ones), so that the machine's drift, which is large on a small shared VM, cancels in the ratio.
+    Returns ({name: [updates/s per round]}, {name: [variant / adjacent baseline per round]})."""
+
+    def rate(v) -> float:
+        sync(args.device)
+        t = time.perf_counter()
+        for _ in range(args.updates_per_round):
+            v.train()
+        sync(args.device)
+        return args.updates_per_round / (time.perf_counter() - t)
+
     for v in variants.values():  # warm-up (and compilation / graph capture)
         for _ in range(20):
             v.train()
         sync(args.device)
+    baseline, others = variants["baseline"], {n: v for n, v in variants.items() if n != "baseline"}
+    rates, ratios = {name: [] for name in variants}, {name: [] for name in variants}
     for r in range(args.rounds):
-        for name, v in variants.items():
-            sync(args.device)
-            t = time.perf_counter()
-            for _ in range(args.updates_per_round):
-                v.train()
-            sync(args.device)
-            rates[name].append(args.updates_per_round / (time.perf_counter() - t))
-        print(f"  round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {x[-1]:.0f}/s" for n, x in rates.items()), flush=True)
-    return rates
+        for name, v in others.items():
+            pair = (baseline, v) if r % 2 == 0 else (v, baseline)
+            first, second = rate(pair[0]), rate(pair[1])
+            base, mine = (first, second) if r % 2 == 0 else (second, first)
+            rates["baseline"].append(base)
+            rates[name].append(mine)
+            ratios[name].append(mine / base)
+        ratios["baseline"].append(1.0)
+        print(f"  round {r + 1}/{args.rounds}: baseline {statistics.median(rates['baseline'][-len(others):]):.0f}/s, "
+              + ", ".join(f"{n} {rates[n][-1]:.0f}/s ({ratios[n][-1]:.2f}x)" for n in others), flush=True)
+    return rates, ratios
 
 
 # ----------------------------------------------------------------------------------------------
@@ -338,13 +352,11 @@ def main(args: Args):
                 variants[f"{name} --compile --cudagraphs"] = ScriptUpdate(module, data, device, "compile+cudagraphs")
     if args.only:
         variants = {n: v for n, v in variants.items() if n == "baseline" or n in args.only.split(",")}
-    rates = time_updates(variants, args)
-    # The ratio is the median over rounds of (variant / baseline in the same round): drift in the machine's speed
-    # between rounds cancels.
-    results["updates_per_s"] = {
-        n: {"median": statistics.median(r), "rounds": r,
-            "ratio": statistics.median(x / b for x, b in zip(r, rates["baseline"]))}
-        for n, r in rates.items()}
+    rates, ratios = time_updates(variants, args)
+    # The ratio is the median over rounds of (variant / the baseline timed next to it): drift in the machine's
+    # speed cancels. The baseline's rounds are all its timings (one next to each variant).
+    results["updates_per_s"] = {n: {"median": statistics.median(r), "rounds": r, "ratios": ratios[n],
+                                    "ratio": statistics.median(ratios[n])} for n, r in rates.items()}
 
     if args.dataset_steps:
         results["dataset"] = time_dataset(args)
@@ -353,7 +365,8 @@ def main(args: Args):
     if args.maze_episodes:
         results["maze_vector_envs"] = time_maze_vector_envs(args)
 
-    print(f"\n| variant | updates/s (median of {args.rounds} rounds) | x baseline (median of per-round ratios) |")
+    print(f"\n| variant | updates/s (median of {args.rounds} rounds) | x baseline (median of the {args.rounds} ratios "
+          "to the baseline timed next to it) |")
     print("|---|---|---|")
     for n, r in results["updates_per_s"].items():
         print(f"| {n} | {r['median']:.0f} | {r['ratio']:.2f} |")

@@ -120,3 +120,26 @@ def test_compiled_train_step_matches_eager(iql):
     for k in m_plain:
         torch.testing.assert_close(m_fast[k], m_plain[k], rtol=1e-5, atol=1e-6)
     assert lr_fast == lr_plain == pytest.approx(args.learning_rate * iql.cosine_decay(2, DECAY_STEPS))
+
+
+def test_speed_benchmark_pairs_each_variant_with_its_own_baseline(tmp_path):
+    """benchmarks/speed.py at its real shapes, two short rounds: every script's update runs, each ratio divides by
+    the baseline timed next to it, and the JSON holds what the table printed."""
+    import json
+    import sys
+
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import speed
+
+    out = tmp_path / "speed.json"
+    speed.main(speed.Args(rounds=2, updates_per_round=2, dataset_steps=0, eval_episodes=0, out=str(out)))
+    result = json.loads(out.read_text())["updates_per_s"]
+    assert set(result) == {"baseline", "iql_continuous", "iql_antmaze", "iql_finetune"}
+    assert len(result["baseline"]["rounds"]) == 2 * 3  # one baseline timing next to each variant, each round
+    base = result["baseline"]["rounds"]  # in timing order: round 1's three pairs, then round 2's
+    for i, name in enumerate(("iql_continuous", "iql_antmaze", "iql_finetune")):
+        r = result[name]
+        assert r["ratios"] == pytest.approx([r["rounds"][k] / base[3 * k + i] for k in range(2)])
+        assert r["ratio"] == pytest.approx(sum(r["ratios"]) / 2)  # the median of two
