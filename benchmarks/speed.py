@@ -6,8 +6,9 @@
 1. Updates/s at the paper's shapes (batch 256, obs 17, act 6, 2x256 MLPs) of each script's own `update`,
    next to a plain-eager baseline written the way popular PyTorch IQL code is (two separate Q modules, numpy
    indices gathered per step, `.item()` per loss per step, a Python loop for the target update, an LR scheduler
-   step). The variants are interleaved over several rounds in this one process, so machine noise hits them all;
-   the median updates/s and the median over rounds of each round's ratio to the baseline are reported.
+   step). In each of several rounds, every variant is timed right next to a baseline timing of its own, so that
+   the machine's drift cancels within the pair; the median updates/s and the median of the paired ratios are
+   reported.
 2. The time to turn a 1M-step Minari dataset (HalfCheetah-v5 shapes; built once and cached under
    benchmarks/cache/) into device tensors with the script's own loader.
 3. Evaluation cost: `eval_episodes` vectorised episodes with the policy versus the same number of vector-env
