@@ -627,9 +627,13 @@ def read_state(path: str) -> dict:
         raise UserError(f"cannot read checkpoint {path} ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
     if not isinstance(state, dict) or not {"step", "args", "rng", "optimizers"} <= set(state):
         raise UserError(f"{path} is not a checkpoint_{{step}}.pt file of this script (--save-model files cannot resume)")
-    script, other = os.path.basename(__file__), state.get("script", "another script")
-    if other != script or set(state["args"]) != {f.name for f in fields(Args)}:
-        raise UserError(f"{path} was written by {other}, not {script}: resume it with the script that wrote it")
+    script = os.path.basename(__file__)
+    if state.get("script", script) != script:  # older checkpoints carry no name: their settings are checked below
+        raise UserError(f"{path} was written by {state['script']}, not {script}: resume it with {state['script']}")
+    unknown = sorted(set(state["args"]) - {f.name for f in fields(Args)})
+    if unknown:
+        raise UserError(f"{path} has settings {script} does not know ({', '.join(unknown)}): it was written by "
+                        "another script or another version of this one")
     return state
 
 
@@ -654,10 +658,13 @@ def restore_state(state: dict, networks: Networks, eval_rng) -> tuple[int, list]
     return state["step"], state["evaluations"]
 
 
+STOPPED = 75  # exit status of a run stopped by a signal after saving a checkpoint (sysexits' EX_TEMPFAIL: retry)
+
+
 class StopSignal:
     """SIGINT (Ctrl-C), SIGTERM (a cluster's pre-emption) and SIGUSR1/SIGUSR2 (what SLURM's `--signal` sends ahead of
     a time limit) set a flag instead of killing the run: the loop saves a checkpoint at the next step boundary and
-    exits with the command that resumes it."""
+    exits (status STOPPED) with the command that resumes it. At the last step the run simply finishes."""
 
     def __init__(self):
         self.name = None
@@ -817,13 +824,15 @@ def main(args: Args):
             print(f"step {step:>8,}  success {reached.mean():5.2f} ({reached.sum()}/{len(reached)})  "
                   f"return {returns.mean():8.2f}  SPS {int((step - start) / (time.time() - start_time))}", flush=True)
 
-        if stop.name or (args.checkpoint_freq and (step % args.checkpoint_freq == 0 or step == args.total_steps)):
+        stopping = stop.name is not None and step < args.total_steps
+        if stopping or (args.checkpoint_freq and (step % args.checkpoint_freq == 0 or step == args.total_steps)):
             path = save_state(f"runs/{run_name}/checkpoint_{step}.pt", step, networks, given_args, eval_rng, evaluations)
-            if stop.name:
+            if stopping:
                 writer.close()
                 envs.close()
-                sys.exit(f"{stop.name} at step {step:,}: saved {path}; continue with: "
-                         f"python {os.path.basename(__file__)} --resume {path}")
+                print(f"{stop.name} at step {step:,}: saved {path}; continue with: "
+                      f"python {os.path.basename(__file__)} --resume {path}", file=sys.stderr)
+                sys.exit(STOPPED)
 
     # Report the final evaluation; the best one is labelled as such (it is selected on the evaluation itself).
     final, best = evaluations[-1], max(evaluations, key=lambda e: e[1])

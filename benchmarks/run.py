@@ -6,9 +6,9 @@
 Each run is a separate process (`python iql_*.py ...`) started through submitit: `--launcher local` runs at most
 `--max-parallel` of them at once on this machine, `--launcher slurm` submits a job array to SLURM (at most
 `--max-parallel` running). A run that finished is not run again, an unfinished one resumes from its newest checkpoint,
-and a job warned of a time limit or pre-emption (SIGUSR2) saves and requeues itself (see `Execute`). The table and
-plot are rebuilt from every finished run's TensorBoard log. Output: `benchmarks/results/{suite}.md` (table), `{suite}.png` (curves), and one folder per
-run under `benchmarks/results/{suite}/` (its log, its TensorBoard events, a `done` marker).
+and a job warned of its time limit (SIGUSR2) saves and requeues itself (see `Execute`). The table and plot are rebuilt
+from every finished run's TensorBoard log. Output: `benchmarks/results/{suite}.md` (table), `{suite}.png` (curves),
+and one folder per run under `benchmarks/results/{suite}/` (its log, its TensorBoard events, a `done` marker).
 """
 
 import importlib
@@ -98,13 +98,16 @@ def skip_reason(run: Run) -> Optional[str]:
     return None
 
 
+def same_command(saved: str, command: list[str]) -> bool:
+    """Whether a saved command line is `command` wherever python and the repository were: same script, same flags."""
+    words = saved.split()
+    return len(words) > 1 and Path(words[1]).name == Path(command[1]).name and words[2:] == command[2:]
+
+
 def finished(run: Run, folder: Path) -> bool:
     """A run counts as done when it finished with the same command (a suite whose flags changed runs again)."""
     done = folder / run.name / "done"
-    if not done.exists():
-        return False
-    words = done.read_text().split()  # python, the script's path (wherever the repository was), its flags
-    return len(words) > 1 and Path(words[1]).name == f"{run.script}.py" and words[2:] == run.command()[2:]
+    return done.exists() and same_command(done.read_text(), run.command())
 
 
 def newest_checkpoint(folder: Path) -> Optional[Path]:
@@ -113,26 +116,36 @@ def newest_checkpoint(folder: Path) -> Optional[Path]:
     return max(found, key=lambda p: int(p.stem.split("_")[1])) if found else None
 
 
+STOPPED = 75  # the scripts' exit status after a signal made them save and stop (iql_*.py, STOPPED)
+
+
 class Execute:
     """One run as a submitit job: `python iql_*.py ...` in the run's folder (the script writes runs/<run_name>/ there),
-    its output in log.txt, a `done` or `failed` marker at the end.
+    its output appended to log.txt, a `done` or `failed` marker at the end (none when a signal stopped it).
 
     An unfinished earlier attempt with the same command is resumed from its newest checkpoint (`--resume`), not
-    started over. On a cluster, submitit warns its worker with SIGUSR2 before a time limit or a pre-emption and calls
-    checkpoint(): that asks the run to save (SIGTERM; the script checkpoints at the next step boundary and exits)
-    and requeues this same call, which then resumes."""
+    started over; one with another command is moved aside. On a cluster, submitit warns its worker with SIGUSR2
+    before a time limit (and before a pre-emption where SLURM is set to send it) and calls checkpoint(): that asks
+    the run to save (SIGTERM: the script checkpoints at the next step boundary and exits) and requeues this same
+    call, which then resumes."""
 
     def __init__(self):
         self.proc = None  # the training process while it runs
 
     def __call__(self, command: list[str], folder: str, threads: int) -> int:
-        folder = Path(folder)
-        given = " ".join(command) + "\n"
-        resume = newest_checkpoint(folder) if (folder / "command").exists() and \
-            (folder / "command").read_text() == given else None
-        if resume is None:  # first attempt, or the suite's command changed: start over
-            shutil.rmtree(folder / "runs", ignore_errors=True)
-            (folder / "command").write_text(given)
+        folder, given = Path(folder), " ".join(command) + "\n"
+        if (folder / "done").exists() and same_command((folder / "done").read_text(), command):
+            return 0  # a requeue that came after the run had finished
+        for marker in ("done", "failed"):
+            (folder / marker).unlink(missing_ok=True)
+        same = (folder / "command").exists() and same_command((folder / "command").read_text(), command)
+        resume = newest_checkpoint(folder) if same else None
+        if resume is None and (folder / "runs").exists():
+            if same:  # our own attempt, stopped before its first checkpoint: nothing to keep
+                shutil.rmtree(folder / "runs")
+            else:  # another command's run: kept, out of the report's way
+                (folder / "runs").rename(folder / f"runs.replaced.{time.time_ns()}")
+        (folder / "command").write_text(given)
         started = command if resume is None else [command[0], command[1], "--resume", str(resume.relative_to(folder))]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         with open(folder / "log.txt", "a") as log:
@@ -141,20 +154,32 @@ class Execute:
             self.proc = subprocess.Popen(started, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
             while (code := self.proc.poll()) is None:  # not proc.wait(): it would block checkpoint()'s own wait
                 time.sleep(0.5)
-        (folder / ("done" if code == 0 else "failed")).write_text(given)
-        if code == 0:
-            (folder / "failed").unlink(missing_ok=True)
+        self.mark(folder, given, code)
         return code
+
+    @staticmethod
+    def mark(folder: Path, given: str, code: int):
+        if code != STOPPED:  # a run stopped by a signal is neither: it resumes
+            (folder / ("done" if code == 0 else "failed")).write_text(given)
 
     def checkpoint(self, command: list[str], folder: str, threads: int):
         """Called by submitit (in the signal handler) on a time limit or pre-emption; returns the call to requeue."""
         from submitit.helpers import DelayedSubmission
 
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # saves at the next step boundary, or after an evaluation
-            deadline = time.time() + 60  # submitit's warning comes 90 s before the kill; else the newest checkpoint
+        def wait(seconds):
+            deadline = time.time() + seconds
             while self.proc.poll() is None and time.time() < deadline:
                 time.sleep(0.2)
+
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)  # saves at the next step boundary, or after an evaluation
+                wait(60)  # submitit's warning comes 90 s before the kill
+                if self.proc.poll() is None:  # still busy (a long evaluation): the newest checkpoint will do
+                    self.proc.kill()
+                    wait(10)
+            if self.proc.poll() is not None:  # finished meanwhile: the requeued call sees `done` and returns
+                self.mark(Path(folder), " ".join(command) + "\n", self.proc.poll())
         return DelayedSubmission(Execute(), command, folder, threads)
 
 
@@ -165,12 +190,16 @@ def make_executor(args: Args, folder: Path, minutes: float):
     if __name__ != "__main__":  # imported (as the tests do): send Execute by value, the worker cannot import us
         cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-    executor = submitit.AutoExecutor(folder=str(folder / "submitit"), cluster=args.launcher)
-    # LocalExecutor kills a job after timeout_min (a few minutes by default): give it the run's budget.
-    executor.update_parameters(timeout_min=int(minutes))
-    if args.launcher == "slurm":
-        executor.update_parameters(slurm_array_parallelism=args.max_parallel, gpus_per_node=args.slurm_gpus,
-                                   cpus_per_task=max(args.threads, 1), slurm_partition=args.slurm_partition)
+    if args.launcher == "local":
+        executor = submitit.LocalExecutor(folder=str(folder / "submitit"))
+        # It kills a job after timeout_min (a few minutes by default): give it the run's budget. SIGUSR2 comes
+        # signal_delay_s before that: room for Execute.checkpoint() to wait for the run to save.
+        executor.update_parameters(timeout_min=int(minutes), signal_delay_s=90)
+    else:  # submitit asks SLURM for SIGUSR2 90 s before the time limit (its default signal_delay_s)
+        executor = submitit.AutoExecutor(folder=str(folder / "submitit"), cluster="slurm")
+        executor.update_parameters(timeout_min=int(minutes), slurm_array_parallelism=args.max_parallel,
+                                   gpus_per_node=args.slurm_gpus, cpus_per_task=max(args.threads, 1),
+                                   slurm_partition=args.slurm_partition)
     return executor
 
 
@@ -209,7 +238,9 @@ def run_suite(runs: list[Run], args: Args, folder: Path) -> dict:
                 code = job.result()
             except Exception as e:  # killed by the time limit, or the worker failed
                 code = f"{type(e).__name__}: {str(e).splitlines()[0][:100]}"
-            status[run.name] = "done" if code == 0 else f"failed ({code}), see {folder / run.name / 'log.txt'}"
+            log = folder / run.name / "log.txt"
+            status[run.name] = ("done" if code == 0 else f"stopped by a signal: run the suite again to resume it ({log})"
+                                if code == STOPPED else f"failed ({code}), see {log}")
             count = sum(1 for r in todo if r.name in status)
             print(f"[{count}/{len(todo)}, {len(running)} running, {time.time() - start:.0f}s] {run.name}: "
                   f"{status[run.name]}", flush=True)
@@ -303,11 +334,12 @@ def main(args: Args, runs: Optional[list[Run]] = None) -> dict:
     skipped = sorted({f"- {r.env_id}: {status[r.name][len('skipped: '):]}" for r in runs
                       if status.get(r.name, "").startswith("skipped")})
     report = table(groups) if groups else "(no finished runs)"
-    failed = [f"- {r.name}: see {folder / r.name / 'log.txt'}" for r in runs if (folder / r.name / "failed").exists()]
+    failed = [f"- {r.name}: see {folder / r.name / 'log.txt'}" for r in runs if (folder / r.name / "failed").exists()
+              or status.get(r.name, "").startswith(("failed", "stopped"))]  # a job that died leaves no marker
     if skipped:
         report += "\n\nSkipped:\n" + "\n".join(skipped)
     if failed:  # listed, not hidden: leaving them out of the table would favour the seeds that survived
-        report += "\n\nFailed (not in the table):\n" + "\n".join(failed)
+        report += "\n\nFailed or stopped (not in the table):\n" + "\n".join(failed)
     (out / f"{args.suite}.md").write_text(report + "\n")
     if groups:
         plot(groups, out / f"{args.suite}.png")

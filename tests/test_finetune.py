@@ -32,6 +32,7 @@ def test_shared_tables_are_identical():
     for name in ("DOMAIN_DEFAULTS", "D4RL_REF_SCORES", "ENV_TO_TASK", "MINARI_ID"):
         assert getattr(ft, name) == getattr(cont, name), name
     assert ft.DOMAIN_DEFAULTS == maze.DOMAIN_DEFAULTS
+    assert ft.STOPPED == cont.STOPPED == maze.STOPPED == 75  # the results runner tells a signal stop by it
 
 
 def indexed_data(n: int) -> ft.Batch:

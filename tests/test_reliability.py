@@ -171,7 +171,7 @@ def test_sigterm_saves_a_checkpoint_that_finishes_the_run(minari_root, tmp_path)
             break
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode != 0
+    assert proc.returncode == cont.STOPPED
     (message,) = stderr.strip().splitlines()
     assert message.startswith("SIGTERM at step ") and "continue with: python iql_continuous.py --resume " in message
     path = message.split("--resume ")[1]
@@ -206,3 +206,26 @@ def test_stop_signals_set_the_flag_instead_of_killing():
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
+
+
+@pytest.mark.parametrize("total_steps", [1, 2])
+def test_a_signal_at_the_last_step_lets_the_run_finish(minari_root, tmp_path, monkeypatch, capsys, total_steps):
+    """A signal that is already pending: with updates left, the run saves at step 1 and exits with STOPPED; at the
+    last step it finishes (final report, final checkpoint) instead of asking to be resumed."""
+
+    class Pending:
+        name = "SIGTERM"
+
+    monkeypatch.setattr(cont, "StopSignal", Pending)
+    monkeypatch.chdir(tmp_path)
+    args = cont.Args(env_id="test/hopper/random-v0", total_steps=total_steps, eval_freq=1, eval_episodes=1,
+                     hidden_dim=8, batch_size=8, cuda=False)
+    if total_steps == 1:
+        cont.main(args)
+        assert "final (step 1)" in capsys.readouterr().out
+    else:
+        with pytest.raises(SystemExit) as stop:
+            cont.main(args)
+        assert stop.value.code == cont.STOPPED
+        assert "SIGTERM at step 1: saved runs/" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.glob("runs/*/checkpoint_*.pt")] == ["checkpoint_1.pt"]

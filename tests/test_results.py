@@ -2,6 +2,7 @@
 
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -89,27 +90,50 @@ def test_suites_use_real_scripts_and_both_algorithms(suite):
 
 
 def test_an_unfinished_run_resumes_from_its_newest_checkpoint(tmp_path):
-    """Execute's choice, with a stand-in script that prints its arguments: resume only the same command, from the
-    checkpoint with the highest step (20, not 5: steps compare as numbers)."""
+    """Execute's choices, with a stand-in script that prints its arguments and exits with the status it is given."""
     script = tmp_path / "echo.py"
-    script.write_text("import sys\nprint('args:', *sys.argv[1:])\n")
-    command, folder = [sys.executable, str(script), "--seed", "1"], tmp_path / "run"
+    script.write_text("import sys\nprint('args:', *sys.argv[1:])\nsys.exit(int(sys.argv[sys.argv.index('--exit') + 1]) "
+                      "if '--exit' in sys.argv else 0)\n")
+    folder = tmp_path / "run"
     folder.mkdir()
 
-    def attempt(old_command):
+    def attempt(flags, old_command=None):
         (folder / "runs" / "r").mkdir(parents=True, exist_ok=True)
         for step in (5, 20):
             (folder / "runs" / "r" / f"checkpoint_{step}.pt").write_bytes(b"")
         if old_command:
             (folder / "command").write_text(" ".join(old_command) + "\n")
-        assert runner.Execute()(command, str(folder), 1) == 0
-        return (folder / "log.txt").read_text().splitlines()[-1]
+        code = runner.Execute()([sys.executable, str(script), *flags], str(folder), 1)
+        return code, (folder / "log.txt").read_text().splitlines()[-1]
 
-    assert attempt(command) == "args: --resume runs/r/checkpoint_20.pt"
+    # The same script and flags (python and the repository elsewhere): resume from step 20, not 5 (numbers, not text).
+    assert attempt(["--seed", "1"], ["/other/python", "/other/repo/echo.py", "--seed", "1"]) == \
+        (0, "args: --resume runs/r/checkpoint_20.pt")
     assert (folder / "done").read_text().split()[2:] == ["--seed", "1"]  # the suite's command, not the resume one
-    assert attempt(command[:2] + ["--seed", "2"]) == "args: --seed 1"  # another command: starts over ...
-    assert not (folder / "runs").exists()  # ... without the other run's logs
-    assert attempt(None) == "args: --resume runs/r/checkpoint_20.pt"  # `command` was written by the last attempt
+    assert attempt(["--seed", "1"]) == (0, "args: --resume runs/r/checkpoint_20.pt")  # done: not run again ...
+    assert (folder / "log.txt").read_text().count("$ ") == 1  # ... the log shows one attempt only
+    # Another command starts over; the other command's run is kept aside, out of the report's glob (runs/*).
+    assert attempt(["--seed", "2"]) == (0, "args: --seed 2")
+    assert not (folder / "runs").exists() and len(list(folder.glob("runs.replaced.*/r/checkpoint_20.pt"))) == 1
+    # A run stopped by a signal (STOPPED) is neither done nor failed; a failing one is failed.
+    assert attempt(["--exit", str(runner.STOPPED)])[0] == runner.STOPPED
+    assert not (folder / "done").exists() and not (folder / "failed").exists()
+    assert attempt(["--exit", "3"])[0] == 3 and (folder / "failed").exists()
+
+    # submitit's warning arrives after the run ended well: checkpoint() marks it done, the requeued call returns.
+    job, command = runner.Execute(), [sys.executable, str(script), "--seed", "3"]
+    job.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    job.proc.wait()
+    requeued = job.checkpoint(command, str(folder), 1)
+    assert runner.same_command((folder / "done").read_text(), command)
+    lines = (folder / "log.txt").read_text().count("$ ")
+    assert requeued.result() == 0 and (folder / "log.txt").read_text().count("$ ") == lines  # nothing ran again
+
+
+def test_runner_knows_the_scripts_stop_status():
+    import iql_continuous
+
+    assert runner.STOPPED == iql_continuous.STOPPED
 
 
 def worker_pid(controller_pid: int) -> int:
