@@ -29,6 +29,7 @@ import copy
 import io
 import math
 import os
+import pickle
 import random
 import re
 import signal
@@ -188,6 +189,9 @@ def check_args(args: Args):
     for name in ("offline_steps", "online_steps"):
         if getattr(args, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    if args.offline_steps == args.online_steps == 0 and args.checkpoint is None:
+        raise UserError("--offline-steps and --online-steps are both 0: nothing to train (with --checkpoint, this "
+                        "evaluates the loaded model)")
     for name in ("buffer_size", "batch_size", "eval_freq", "eval_episodes", "log_freq", "hidden_dim"):
         if getattr(args, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
@@ -784,6 +788,9 @@ def load_checkpoint(path: str, networks: Networks, args: Args, obs_dim: int, act
     number of updates it was trained for. A file from another env or script fails here with one line."""
     try:
         ckpt = torch.load(path, map_location=networks.value.net[0].weight.device, weights_only=True)
+    except pickle.UnpicklingError:  # more than tensors inside: a checkpoint_{step}.pt keeps random-generator states
+        raise UserError(f"{path} is not a --save-model file (a checkpoint_{{step}}.pt training state continues its "
+                        "own run with --resume)") from None
     except Exception as e:
         reason = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}" if str(e) else type(e).__name__
         raise UserError(f"cannot read checkpoint {path} as a file saved by torch.save ({reason})") from None

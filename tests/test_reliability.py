@@ -58,6 +58,7 @@ BAD_INPUTS = [  # (script, flags, the message's telling part); each case of the 
     ("iql_continuous", HOPPER + ["--batch-size", "100000"], "--batch-size 100000 is larger than the dataset (333 transitions)"),
     ("iql_continuous", HOPPER + ["--total-steps", "0"], "--total-steps must be positive, got 0"),
     ("iql_finetune", MAZE + ["--offline-steps", "-5"], "--offline-steps must be >= 0, got -5"),
+    ("iql_finetune", MAZE + ["--offline-steps", "0", "--online-steps", "0"], "are both 0: nothing to train"),
     ("iql_antmaze", MAZE + ["--eval-episodes", "0"], "--eval-episodes must be positive, got 0"),
     ("iql_continuous", HOPPER + ["--dropout", "1.0"], "--dropout must be in [0, 1), got 1.0"),
     ("iql_continuous", ["--env-id", "cartpole"], "unknown env id 'cartpole'"),
@@ -68,10 +69,11 @@ BAD_INPUTS = [  # (script, flags, the message's telling part); each case of the 
     ("iql_finetune", ["--resume", "CONTINUOUS"], "was written by iql_continuous.py, not iql_finetune.py"),
     ("iql_antmaze", ["--resume", "CONTINUOUS"], "was written by iql_continuous.py, not iql_antmaze.py"),
     ("iql_continuous", ["--resume", "absent.pt"], "--resume absent.pt: no such file"),
+    ("iql_finetune", MAZE + ["--checkpoint", "CONTINUOUS"], "is not a --save-model file (a checkpoint_{step}.pt"),
 ]  # truncated and NaN data: test_bad_data_is_one_line; a --checkpoint of the wrong shape: test_finetune.py
 
 
-@pytest.mark.parametrize("script, flags, message", BAD_INPUTS, ids=[" ".join(c[1][-2:]) for c in BAD_INPUTS])
+@pytest.mark.parametrize("script, flags, message", BAD_INPUTS, ids=[" ".join([c[0], *c[1][-2:]]) for c in BAD_INPUTS])
 def test_bad_input_is_one_line(maze_root, continuous_checkpoint, tmp_path, script, flags, message):
     flags = [continuous_checkpoint if f == "CONTINUOUS" else f for f in flags]
     out = run_script(script, tmp_path, *flags, "--eval-episodes" if "--eval-episodes" not in flags else "--seed", "1",
