@@ -12,6 +12,8 @@ and one folder per run under `benchmarks/results/{suite}/` (its log, its TensorB
 """
 
 import importlib
+import json
+import math
 import os
 import shutil
 import signal
@@ -99,8 +101,12 @@ def skip_reason(run: Run) -> Optional[str]:
 
 
 def same_command(saved: str, command: list[str]) -> bool:
-    """Whether a saved command line is `command` wherever python and the repository were: same script, same flags."""
-    words = saved.split()
+    """Whether a saved command (JSON list; older markers: words) is `command` wherever python and the repository
+    were: same script, same flags."""
+    try:
+        words = json.loads(saved)
+    except ValueError:
+        words = saved.split()
     return len(words) > 1 and Path(words[1]).name == Path(command[1]).name and words[2:] == command[2:]
 
 
@@ -133,7 +139,7 @@ class Execute:
         self.proc = None  # the training process while it runs
 
     def __call__(self, command: list[str], folder: str, threads: int) -> int:
-        folder, given = Path(folder), " ".join(command) + "\n"
+        folder, given = Path(folder), json.dumps(command) + "\n"  # JSON: paths with spaces compare right
         if (folder / "done").exists() and same_command((folder / "done").read_text(), command):
             return 0  # a requeue that came after the run had finished
         for marker in ("done", "failed"):
@@ -152,10 +158,24 @@ class Execute:
             log.write(f"$ {' '.join(started)}\n")
             log.flush()
             self.proc = subprocess.Popen(started, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
-            while (code := self.proc.poll()) is None:  # not proc.wait(): it would block checkpoint()'s own wait
-                time.sleep(0.5)
+            try:
+                while (code := self.poll()) is None:  # not proc.wait(): it would block checkpoint()'s own wait
+                    time.sleep(0.5)
+            finally:  # the worker is being killed (no requeue): do not leave the training process behind
+                if self.proc.poll() is None:
+                    self.proc.kill()
         self.mark(folder, given, code)
         return code
+
+    def poll(self):
+        """proc.poll() with the warning signal held back: inside poll, Popen holds a lock that would make
+        checkpoint()'s own polls report a finished process as running."""
+        warning = {signal.SIGUSR1, signal.SIGUSR2}
+        signal.pthread_sigmask(signal.SIG_BLOCK, warning)
+        try:
+            return self.proc.poll()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, warning)
 
     @staticmethod
     def mark(folder: Path, given: str, code: int):
@@ -178,8 +198,9 @@ class Execute:
                 if self.proc.poll() is None:  # still busy (a long evaluation): the newest checkpoint will do
                     self.proc.kill()
                     wait(10)
+                    return DelayedSubmission(Execute(), command, folder, threads)  # killed by us: no marker
             if self.proc.poll() is not None:  # finished meanwhile: the requeued call sees `done` and returns
-                self.mark(Path(folder), " ".join(command) + "\n", self.proc.poll())
+                self.mark(Path(folder), json.dumps(command) + "\n", self.proc.poll())
         return DelayedSubmission(Execute(), command, folder, threads)
 
 
@@ -194,10 +215,10 @@ def make_executor(args: Args, folder: Path, minutes: float):
         executor = submitit.LocalExecutor(folder=str(folder / "submitit"))
         # It kills a job after timeout_min (a few minutes by default): give it the run's budget. SIGUSR2 comes
         # signal_delay_s before that: room for Execute.checkpoint() to wait for the run to save.
-        executor.update_parameters(timeout_min=int(minutes), signal_delay_s=90)
+        executor.update_parameters(timeout_min=max(math.ceil(minutes), 3), signal_delay_s=90)  # > the delay
     else:  # submitit asks SLURM for SIGUSR2 90 s before the time limit (its default signal_delay_s)
         executor = submitit.AutoExecutor(folder=str(folder / "submitit"), cluster="slurm")
-        executor.update_parameters(timeout_min=int(minutes), slurm_array_parallelism=args.max_parallel,
+        executor.update_parameters(timeout_min=max(math.ceil(minutes), 3), slurm_array_parallelism=args.max_parallel,
                                    gpus_per_node=args.slurm_gpus, cpus_per_task=max(args.threads, 1),
                                    slurm_partition=args.slurm_partition)
     return executor
@@ -334,12 +355,14 @@ def main(args: Args, runs: Optional[list[Run]] = None) -> dict:
     skipped = sorted({f"- {r.env_id}: {status[r.name][len('skipped: '):]}" for r in runs
                       if status.get(r.name, "").startswith("skipped")})
     report = table(groups) if groups else "(no finished runs)"
-    failed = [f"- {r.name}: see {folder / r.name / 'log.txt'}" for r in runs if (folder / r.name / "failed").exists()
-              or status.get(r.name, "").startswith(("failed", "stopped"))]  # a job that died leaves no marker
+    failed = [f"- {r.name}: see {folder / r.name / 'log.txt'}" for r in runs if not finished(r, folder) and (
+              (folder / r.name / "command").exists() or status.get(r.name, "").startswith(("failed", "stopped")))]
+    # started and not finished: failed, stopped, or died without a marker
     if skipped:
         report += "\n\nSkipped:\n" + "\n".join(skipped)
     if failed:  # listed, not hidden: leaving them out of the table would favour the seeds that survived
-        report += "\n\nFailed or stopped (not in the table):\n" + "\n".join(failed)
+        report += ("\n\nStarted, not finished (failed, stopped or still running; not in the table):\n"
+                   + "\n".join(failed))
     (out / f"{args.suite}.md").write_text(report + "\n")
     if groups:
         plot(groups, out / f"{args.suite}.png")

@@ -1,5 +1,6 @@
 """benchmarks/run.py: the suite runner (submitit's local launcher), skipping, aggregation, the table and the plot."""
 
+import json
 import os
 import signal
 import subprocess
@@ -65,7 +66,7 @@ def test_local_launcher_runs_a_suite_and_skips_what_finished(minari_root, tmp_pa
     report = (tmp_path / "local.md").read_text()
     assert "| test/hopper/random-v0 | 40 | 1/1 |" in report and "Skipped:\n- walker2d-medium-replay-v2" in report
     assert (tmp_path / "local.png").exists()
-    assert "--temperature 0" in (tmp_path / "local" / runs[1].name / "done").read_text()  # BC is temperature 0
+    assert json.loads((tmp_path / "local" / runs[1].name / "done").read_text())[-2:] == ["--temperature", "0"]  # BC
     jobs = sorted((tmp_path / "local" / "submitit").iterdir())
 
     status = runner.main(args, runs)  # everything finished: nothing is started again
@@ -91,7 +92,8 @@ def test_suites_use_real_scripts_and_both_algorithms(suite):
 
 def test_an_unfinished_run_resumes_from_its_newest_checkpoint(tmp_path):
     """Execute's choices, with a stand-in script that prints its arguments and exits with the status it is given."""
-    script = tmp_path / "echo.py"
+    (tmp_path / "my repo").mkdir()
+    script = tmp_path / "my repo" / "echo.py"  # a space in the path: commands are kept as JSON, not as words
     script.write_text("import sys\nprint('args:', *sys.argv[1:])\nsys.exit(int(sys.argv[sys.argv.index('--exit') + 1]) "
                       "if '--exit' in sys.argv else 0)\n")
     folder = tmp_path / "run"
@@ -109,7 +111,7 @@ def test_an_unfinished_run_resumes_from_its_newest_checkpoint(tmp_path):
     # The same script and flags (python and the repository elsewhere): resume from step 20, not 5 (numbers, not text).
     assert attempt(["--seed", "1"], ["/other/python", "/other/repo/echo.py", "--seed", "1"]) == \
         (0, "args: --resume runs/r/checkpoint_20.pt")
-    assert (folder / "done").read_text().split()[2:] == ["--seed", "1"]  # the suite's command, not the resume one
+    assert json.loads((folder / "done").read_text())[2:] == ["--seed", "1"]  # the suite's command, not the resume one
     assert attempt(["--seed", "1"]) == (0, "args: --resume runs/r/checkpoint_20.pt")  # done: not run again ...
     assert (folder / "log.txt").read_text().count("$ ") == 1  # ... the log shows one attempt only
     # Another command starts over; the other command's run is kept aside, out of the report's glob (runs/*).
