@@ -18,7 +18,8 @@ FROM_CONTINUOUS = ["UserError", "env_domain", "with_domain_defaults", "read_epis
                    "check_finite", "load_minari_dataset", "flat_observations", "Batch", "expectile_loss", "awr_loss", "td_target", "q_loss",
                    "gaussian_log_prob", "cosine_decay", "mlp", "TwinQ", "Value", "Actor", "optimizer_step", "update",
                    "Networks", "make_networks", "make_train_step", "cuda_graph", "make_eval_envs", "flatten_episodes",
-                   "trajectory_ends", "reward_scale", "reference_scores"]
+                   "trajectory_ends", "reward_scale", "reference_scores", "save_state", "read_state", "restore_state",
+                   "StopSignal"]
 FROM_ANTMAZE = ["maze_observations", "maze_rewards_and_terminals", "flatten_maze_episodes", "record_success",
                 "evaluate"]
 
