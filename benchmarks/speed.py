@@ -6,13 +6,13 @@
 1. Updates/s at the paper's shapes (batch 256, obs 17, act 6, 2x256 MLPs) of each script's own `update`,
    next to a plain-eager baseline written the way popular PyTorch IQL code is (two separate Q modules, numpy
    indices gathered per step, `.item()` per loss per step, a Python loop for the target update, an LR scheduler
-   step). In each of several rounds, every variant is timed right next to a baseline timing of its own, so that
-   the machine's drift cancels within the pair; the median updates/s and the median of the paired ratios are
-   reported.
+   step). In each of several rounds, every variant is timed between two baseline timings of its own (baseline,
+   variant, variant, baseline), so that the machine's drift cancels within the round; the median updates/s and
+   the median of the rounds' ratios are reported.
 2. The time to turn a 1M-step Minari dataset (HalfCheetah-v5 shapes; built once and cached under
    benchmarks/cache/) into device tensors with the script's own loader.
-3. Evaluation cost: `eval_episodes` vectorised episodes with the policy versus the same number of vector-env
-   steps taken with a fixed action and no policy.
+3. Evaluation cost: `eval_episodes` vectorised episodes with the policy versus the same vector-env steps (the
+   policy's actions replayed) with no policy.
 
 Prints a table and writes JSON (`--out`). Needs only what requirements.txt installs.
 """
@@ -47,10 +47,10 @@ class Args:
     """torch CPU threads (None: torch's default)"""
     only: Optional[str] = None
     """time only these variants (comma-separated names as in the table) next to the baseline"""
-    rounds: int = 15
-    """interleaved rounds per variant; the median is reported"""
-    updates_per_round: int = 100
-    """updates timed in each round"""
+    rounds: int = 30
+    """interleaved rounds per variant (and of the evaluation timing); medians are reported"""
+    updates_per_round: int = 25
+    """updates in each timing (a round times each variant twice and its baseline twice)"""
     compile: bool = False
     """also time `torch.compile` of each script's update (slow to compile on a small CPU)"""
     dataset_steps: int = 1_000_000
@@ -183,17 +183,18 @@ def sync(device):
 
 
 def time_updates(variants: dict, args: Args) -> tuple[dict, dict]:
-    """Each round times every variant right next to its own baseline measurement (baseline first in odd rounds,
-    last in even ones), so that the machine's drift, which is large on a small shared VM, cancels in the ratio.
-    Returns ({name: [updates/s per round]}, {name: [variant / adjacent baseline per round]})."""
+    """In each round, every variant is timed between two baseline timings of its own (baseline, variant, variant,
+    baseline), so that the machine's drift, which is large on a small shared VM, cancels in the ratio. Returns
+    ({name: [updates/s per round]}, {name: [variant / its baseline per round]}); a round's rate is that of its two
+    timings together."""
 
-    def rate(v) -> float:
+    def seconds(v) -> float:
         sync(args.device)
         t = time.perf_counter()
         for _ in range(args.updates_per_round):
             v.train()
         sync(args.device)
-        return args.updates_per_round / (time.perf_counter() - t)
+        return time.perf_counter() - t
 
     for v in variants.values():  # warm-up (and compilation / graph capture)
         for _ in range(20):
@@ -203,12 +204,12 @@ def time_updates(variants: dict, args: Args) -> tuple[dict, dict]:
     rates, ratios = {name: [] for name in variants}, {name: [] for name in variants}
     for r in range(args.rounds):
         for name, v in others.items():
-            pair = (baseline, v) if r % 2 == 0 else (v, baseline)
-            first, second = rate(pair[0]), rate(pair[1])
-            base, mine = (first, second) if r % 2 == 0 else (second, first)
-            rates["baseline"].append(base)
-            rates[name].append(mine)
-            ratios[name].append(mine / base)
+            base = seconds(baseline)
+            mine = seconds(v) + seconds(v)
+            base += seconds(baseline)
+            rates["baseline"].append(2 * args.updates_per_round / base)
+            rates[name].append(2 * args.updates_per_round / mine)
+            ratios[name].append(base / mine)
         ratios["baseline"].append(1.0)
         print(f"  round {r + 1}/{args.rounds}: baseline {statistics.median(rates['baseline'][-len(others):]):.0f}/s, "
               + ", ".join(f"{n} {rates[n][-1]:.0f}/s ({ratios[n][-1]:.2f}x)" for n in others), flush=True)
@@ -275,31 +276,43 @@ class RecordingActor:
 
 
 def time_evaluation(args: Args) -> dict:
-    """The script's vectorised evaluation, then the same env steps again (same seeds, the recorded actions
-    replayed) with no policy: the difference is the cost of acting. Medians over `rounds` interleaved pairs."""
+    """The script's vectorised evaluation, and the same env steps (same seeds, the policy's actions replayed) with
+    no policy: the difference is the cost of acting. In `rounds` rounds, alternating which of the two goes first;
+    the ratio is the median of the rounds' ratios."""
     import gymnasium as gym
 
     m = importlib.import_module(SCRIPTS[0])
     spec = gym.make("HalfCheetah-v5").spec
     envs = m.make_eval_envs(spec, args.eval_episodes)
-    actor = RecordingActor(m.Actor(OBS, ACT, HIDDEN).to(args.device))
+    recorder = RecordingActor(m.Actor(OBS, ACT, HIDDEN).to(args.device))
     seeds = list(range(args.eval_episodes))
-    m.evaluate(actor, envs, seeds, args.device)  # warm-up
-    t_policy, t_bare = [], []
-    for _ in range(args.rounds):  # interleaved, like the update timings
-        actor.actions.clear()
+    m.evaluate(recorder, envs, seeds, args.device)  # warm-up; records the actions (the same in every round)
+    actor, actions = recorder.actor, recorder.actions
+
+    def with_policy() -> float:
         t = time.perf_counter()
         m.evaluate(actor, envs, seeds, args.device)
-        t_policy.append(time.perf_counter() - t)
+        return time.perf_counter() - t
+
+    def bare() -> float:
         envs.reset(seed=seeds)
         t = time.perf_counter()
-        for action in actor.actions:
+        for action in actions:
             envs.step(action)
-        t_bare.append(time.perf_counter() - t)
-    t_policy, t_bare = statistics.median(t_policy), statistics.median(t_bare)
+        return time.perf_counter() - t
+
+    t_policy, t_bare = [], []
+    for r in range(args.rounds):
+        if r % 2 == 0:
+            t_policy.append(with_policy())
+            t_bare.append(bare())
+        else:
+            t_bare.append(bare())
+            t_policy.append(with_policy())
     envs.close()
-    return {"episodes": args.eval_episodes, "vector_steps": len(actor.actions), "policy_seconds": t_policy,
-            "bare_env_seconds": t_bare, "ratio": t_policy / t_bare}
+    return {"episodes": args.eval_episodes, "vector_steps": len(actions), "policy_seconds": statistics.median(t_policy),
+            "bare_env_seconds": statistics.median(t_bare), "policy_rounds": t_policy, "bare_env_rounds": t_bare,
+            "ratio": statistics.median(p / b for p, b in zip(t_policy, t_bare))}
 
 
 def time_maze_vector_envs(args: Args) -> dict:
@@ -354,8 +367,8 @@ def main(args: Args):
     if args.only:
         variants = {n: v for n, v in variants.items() if n == "baseline" or n in args.only.split(",")}
     rates, ratios = time_updates(variants, args)
-    # The ratio is the median over rounds of (variant / the baseline timed next to it): drift in the machine's
-    # speed cancels. The baseline's rounds are all its timings (one next to each variant).
+    # The ratio is the median over rounds of (variant / the baseline timed around it): drift in the machine's
+    # speed cancels. The baseline's rounds are all its pairs of timings (one pair around each variant).
     results["updates_per_s"] = {n: {"median": statistics.median(r), "rounds": r, "ratios": ratios[n],
                                     "ratio": statistics.median(ratios[n])} for n, r in rates.items()}
 
@@ -366,8 +379,8 @@ def main(args: Args):
     if args.maze_episodes:
         results["maze_vector_envs"] = time_maze_vector_envs(args)
 
-    print(f"\n| variant | updates/s (median of {args.rounds} rounds) | x baseline (median of the {args.rounds} ratios "
-          "to the baseline timed next to it) |")
+    print(f"\n| variant | updates/s (median of {args.rounds} rounds) | x baseline (median of the {args.rounds} rounds' "
+          "ratios to the baseline timed around it) |")
     print("|---|---|---|")
     for n, r in results["updates_per_s"].items():
         print(f"| {n} | {r['median']:.0f} | {r['ratio']:.2f} |")

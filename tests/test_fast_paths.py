@@ -124,7 +124,7 @@ def test_compiled_train_step_matches_eager(iql):
 
 def test_speed_benchmark_pairs_each_variant_with_its_own_baseline(tmp_path):
     """benchmarks/speed.py at its real shapes, two short rounds: every script's update runs, each ratio divides by
-    the baseline timed next to it, and the JSON holds what the table printed."""
+    the baseline timed around it, and the JSON holds what the table printed."""
     import json
     import sys
 
@@ -137,9 +137,26 @@ def test_speed_benchmark_pairs_each_variant_with_its_own_baseline(tmp_path):
     speed.main(speed.Args(rounds=2, updates_per_round=2, dataset_steps=0, eval_episodes=0, out=str(out)))
     result = json.loads(out.read_text())["updates_per_s"]
     assert set(result) == {"baseline", "iql_continuous", "iql_antmaze", "iql_finetune"}
-    assert len(result["baseline"]["rounds"]) == 2 * 3  # one baseline timing next to each variant, each round
+    assert len(result["baseline"]["rounds"]) == 2 * 3  # one pair of baseline timings around each variant, each round
     base = result["baseline"]["rounds"]  # in timing order: round 1's three pairs, then round 2's
     for i, name in enumerate(("iql_continuous", "iql_antmaze", "iql_finetune")):
         r = result[name]
         assert r["ratios"] == pytest.approx([r["rounds"][k] / base[3 * k + i] for k in range(2)])
         assert r["ratio"] == pytest.approx(sum(r["ratios"]) / 2)  # the median of two
+
+
+def test_speed_benchmark_times_evaluation_against_the_same_env_steps():
+    """The evaluation timing replays the policy's own actions with no policy (same seeds, same number of steps:
+    a HalfCheetah episode is 1,000 steps), and its ratio is the median of the rounds' ratios."""
+    import statistics
+    import sys
+
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import speed
+
+    e = speed.time_evaluation(speed.Args(rounds=3, eval_episodes=2))
+    assert e["vector_steps"] == 1000 and len(e["policy_rounds"]) == len(e["bare_env_rounds"]) == 3
+    assert e["ratio"] == pytest.approx(statistics.median(p / b for p, b in zip(e["policy_rounds"], e["bare_env_rounds"])))
+    assert e["policy_seconds"] == pytest.approx(statistics.median(e["policy_rounds"]))
