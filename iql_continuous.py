@@ -295,8 +295,8 @@ def flatten_episodes(episodes) -> dict[str, np.ndarray]:
             for k in ("observations", "actions", "rewards", "next_observations")}
     data["terminals"] = np.concatenate(parts["terminals"]).astype(bool)
     data["episode_ends"] = np.concatenate(parts["episode_ends"])
-    # IK clips dataset actions so that log-probs stay finite near the bounds.
-    data["actions"] = np.clip(data["actions"], -1 + 1e-5, 1 - 1e-5)
+    # IK clips dataset actions so that log-probs stay finite near the bounds (an infinite one is left for check_data).
+    np.clip(data["actions"], -1 + 1e-5, 1 - 1e-5, out=data["actions"], where=np.isfinite(data["actions"]))
     return data
 
 

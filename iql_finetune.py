@@ -308,8 +308,8 @@ def flatten_maze_episodes(episodes, goal_input: bool) -> dict[str, np.ndarray]:
         parts["rewards"].append(ep.rewards)
     data = {k: np.concatenate(v, dtype=np.float32) for k, v in parts.items()}
     data["rewards"], data["terminals"] = maze_rewards_and_terminals(data["rewards"])
-    # IK clips dataset actions so that log-probs stay finite near the bounds.
-    data["actions"] = np.clip(data["actions"], -1 + 1e-5, 1 - 1e-5)
+    # IK clips dataset actions so that log-probs stay finite near the bounds (an infinite one is left for check_data).
+    np.clip(data["actions"], -1 + 1e-5, 1 - 1e-5, out=data["actions"], where=np.isfinite(data["actions"]))
     return data
 
 
@@ -341,8 +341,8 @@ def flatten_episodes(episodes) -> dict[str, np.ndarray]:
             for k in ("observations", "actions", "rewards", "next_observations")}
     data["terminals"] = np.concatenate(parts["terminals"]).astype(bool)
     data["episode_ends"] = np.concatenate(parts["episode_ends"])
-    # IK clips dataset actions so that log-probs stay finite near the bounds.
-    data["actions"] = np.clip(data["actions"], -1 + 1e-5, 1 - 1e-5)
+    # IK clips dataset actions so that log-probs stay finite near the bounds (an infinite one is left for check_data).
+    np.clip(data["actions"], -1 + 1e-5, 1 - 1e-5, out=data["actions"], where=np.isfinite(data["actions"]))
     return data
 
 

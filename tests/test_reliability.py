@@ -231,3 +231,23 @@ def test_a_signal_at_the_last_step_lets_the_run_finish(minari_root, tmp_path, mo
         assert stop.value.code == cont.STOPPED
         assert "SIGTERM at step 1: saved runs/" in capsys.readouterr().err
     assert [p.name for p in tmp_path.glob("runs/*/checkpoint_*.pt")] == ["checkpoint_1.pt"]
+
+
+@pytest.mark.parametrize("flatten", ["iql_continuous.flatten_episodes", "iql_finetune.flatten_episodes",
+                                     "iql_antmaze.flatten_maze_episodes", "iql_finetune.flatten_maze_episodes"])
+def test_infinite_dataset_action_is_refused_not_clipped(flatten):
+    """Finite actions are clipped into (-1, 1) as IK does; an infinite one reaches check_data and is refused."""
+    import importlib
+    from types import SimpleNamespace
+
+    module, name = flatten.split(".")
+    module = importlib.import_module(module)
+    obs = np.zeros((4, 2))
+    if "maze" in name:
+        obs = {"observation": obs, "achieved_goal": obs, "desired_goal": np.ones((4, 2))}
+    episode = SimpleNamespace(observations=obs, actions=np.array([[2.0, 0.5], [-np.inf, 0.0], [0.1, -3.0]]),
+                              rewards=np.zeros(3), terminations=np.zeros(3, bool), truncations=np.eye(3, dtype=bool)[-1])
+    data = getattr(module, name)([episode], goal_input=True) if "maze" in name else getattr(module, name)([episode])
+    np.testing.assert_array_equal(data["actions"], np.float32([[1 - 1e-5, 0.5], [-np.inf, 0.0], [0.1, -1 + 1e-5]]))
+    with pytest.raises(module.UserError, match="infinite actions \\(1 transitions, the first at index 1\\)"):
+        module.check_data(data, "test/x-v0")
