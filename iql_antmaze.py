@@ -646,7 +646,12 @@ def restore_state(state: dict, networks: Networks, eval_rng) -> tuple[int, list]
     except RuntimeError as e:
         raise UserError(f"the checkpoint does not fit these networks ({' '.join(str(e).split())[:150]})") from None
     for opt, saved in zip(networks.optimizers, state["optimizers"]):
+        lrs = [group["lr"] for group in opt.param_groups]
         opt.load_state_dict(saved)
+        # load_state_dict puts the checkpoint's (CPU) learning-rate tensors in the groups: put back this run's device
+        # tensors, with the saved values, so that the schedule still updates what a captured CUDA graph reads
+        for group, lr in zip(opt.param_groups, lrs):
+            group["lr"] = lr.fill_(float(group["lr"]))
     networks.actor_schedule.load_state_dict(state["actor_schedule"])
     rng = state["rng"]
     torch.set_rng_state(rng["torch"])

@@ -251,3 +251,23 @@ def test_infinite_dataset_action_is_refused_not_clipped(flatten):
     np.testing.assert_array_equal(data["actions"], np.float32([[1 - 1e-5, 0.5], [-np.inf, 0.0], [0.1, -1 + 1e-5]]))
     with pytest.raises(module.UserError, match="infinite actions \\(1 transitions, the first at index 1\\)"):
         module.check_data(data, "test/x-v0")
+
+
+def test_restore_keeps_the_learning_rate_tensors_the_schedule_and_a_cuda_graph_use(tmp_path):
+    """Optimizer.load_state_dict would swap in the checkpoint's CPU learning-rate tensors; a CUDA graph captured
+    after a resume would then never see the schedule move. restore_state keeps this run's tensors, with the saved
+    values, and the schedule keeps updating them."""
+    args = cont.Args(hidden_dim=8, total_steps=100)
+    saved = cont.make_networks(3, 2, args, "cpu", lr_decay_steps=100)
+    for _ in range(30):
+        saved.actor_schedule.step()
+    path = cont.save_state(str(tmp_path / "checkpoint_30.pt"), 30, saved, args, np.random.default_rng(0), [])
+    fresh = cont.make_networks(3, 2, args, "cpu", lr_decay_steps=100)
+    tensors = [opt.param_groups[0]["lr"] for opt in fresh.optimizers]
+    cont.restore_state(cont.read_state(path), fresh, np.random.default_rng(0))
+    for opt, lr in zip(fresh.optimizers, tensors):
+        assert opt.param_groups[0]["lr"] is lr
+    assert tensors[0].item() == pytest.approx(args.learning_rate * cont.cosine_decay(30, 100))
+    assert tensors[1].item() == pytest.approx(args.learning_rate)  # the critics' rate is constant
+    fresh.actor_schedule.step()
+    assert tensors[0].item() == pytest.approx(args.learning_rate * cont.cosine_decay(31, 100))
