@@ -736,13 +736,18 @@ def make_maze_eval_envs(dataset, num_envs: int, render: bool = False) -> gym.vec
 def main(args: Args):
     check_args(args)
     state = None
-    if args.resume:  # continue a run: its settings, its folder, its step
+    if args.resume:  # continue a run: its settings, its folder (wherever that is), its step
         state = read_state(args.resume)
-        args = replace(Args(**state["args"]), resume=args.resume)
-        run_name = Path(args.resume).parent.name
-        print(f"resuming {run_name} from step {state['step']:,} with its own settings (other flags are not used)")
+        # The device flags come from this command (they change where and how fast it runs, not what it computes)
+        args = replace(Args(**state["args"]), resume=args.resume, cuda=args.cuda, compile=args.compile,
+                       cudagraphs=args.cudagraphs)  # checked above, with the command's flags
+        run_dir = Path(args.resume).parent
+        run_name = run_dir.name
+        print(f"resuming {run_name} from step {state['step']:,} with its own settings (of this command's flags only "
+              "--cuda, --compile and --cudagraphs are used)")
     else:
         run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}".replace("/", "-")
+        run_dir = Path("runs") / run_name
     given_args = args  # before the domain defaults fill it in: what a checkpoint keeps
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -793,7 +798,7 @@ def main(args: Args):
     start, evaluations = 0, []  # evaluations: (step, success rate)
     if state is not None:
         start, evaluations = restore_state(state, networks, eval_rng)
-    writer = SummaryWriter(f"runs/{run_name}", purge_step=start + 1 if start else None)  # no repeated steps
+    writer = SummaryWriter(str(run_dir), purge_step=start + 1 if start else None)  # no repeated steps
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
     writer.add_text("domain defaults", "\n".join(table))
     writer.add_text("dataset", f"{args.env_id} -> {', '.join(info['dataset_ids'])}; "
@@ -831,7 +836,8 @@ def main(args: Args):
 
         stopping = stop.name is not None and step < args.total_steps
         if stopping or (args.checkpoint_freq and (step % args.checkpoint_freq == 0 or step == args.total_steps)):
-            path = save_state(f"runs/{run_name}/checkpoint_{step}.pt", step, networks, given_args, eval_rng, evaluations)
+            path = save_state(str(run_dir / f"checkpoint_{step}.pt"), step, networks, given_args, eval_rng,
+                              evaluations)
             if stopping:
                 writer.close()
                 envs.close()
@@ -844,7 +850,7 @@ def main(args: Args):
     print(f"final (step {final[0]:,}): success rate {final[1]:.2f}; best evaluation (step {best[0]:,}): {best[1]:.2f}")
 
     if args.save_model:
-        path = f"runs/{run_name}/{args.exp_name}.pt"
+        path = str(run_dir / f"{args.exp_name}.pt")
         torch.save({"args": asdict(args), "obs_dim": obs_dim, "act_dim": act_dim,
                     "actor": actor.state_dict(), "critic": critic.state_dict(),
                     "target_critic": target_critic.state_dict(), "value": value.state_dict()}, path)

@@ -997,13 +997,18 @@ def make_envs(dataset, maze: bool, num_eval: int, render: bool = False):
 def main(args: Args):
     check_args(args)
     state = None
-    if args.resume:  # continue a run: its settings, its folder, its step
+    if args.resume:  # continue a run: its settings, its folder (wherever that is), its step
         state = read_state(args.resume)
-        args = replace(Args(**state["args"]), resume=args.resume)
-        run_name = Path(args.resume).parent.name
-        print(f"resuming {run_name} from step {state['step']:,} with its own settings (other flags are not used)")
+        # The device flags come from this command (they change where and how fast it runs, not what it computes)
+        args = replace(Args(**state["args"]), resume=args.resume, cuda=args.cuda, compile=args.compile,
+                       cudagraphs=args.cudagraphs)  # checked above, with the command's flags
+        run_dir = Path(args.resume).parent
+        run_name = run_dir.name
+        print(f"resuming {run_name} from step {state['step']:,} with its own settings (of this command's flags only "
+              "--cuda, --compile and --cudagraphs are used)")
     else:
         run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}".replace("/", "-")
+        run_dir = Path("runs") / run_name
     given_args = args  # before the domain defaults fill it in: what a checkpoint keeps
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -1075,7 +1080,7 @@ def main(args: Args):
                    config=vars(args), name=run_name, save_code=True)
     from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(f"runs/{run_name}", purge_step=start + 1 if state is not None else None)  # no repeats
+    writer = SummaryWriter(str(run_dir), purge_step=start + 1 if state is not None else None)  # no repeats
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
     writer.add_text("domain defaults", "\n".join(table))
     writer.add_text("dataset", f"{args.env_id} -> {', '.join(info['dataset_ids'])}; {n} transitions; "
@@ -1111,7 +1116,7 @@ def main(args: Args):
         print(f"offline phase done after {step:,} updates ({step - start:,} in this run, {time.time() - phase_time:.0f}s);"
               f" online phase: {args.online_steps:,} steps", flush=True)
         if args.save_model and step > start:
-            save_checkpoint(f"runs/{run_name}/{args.exp_name}_offline.pt", networks, args, step, "offline",
+            save_checkpoint(str(run_dir / f"{args.exp_name}_offline.pt"), networks, args, step, "offline",
                             obs_dim, act_dim, info)
         phase_start, phase_time = step, time.time()
 
@@ -1158,7 +1163,7 @@ def main(args: Args):
         stopping = stop.name is not None and step < end
         if stopping or (args.checkpoint_freq and (step % args.checkpoint_freq == 0 or step in (offline_end, end))):
             extra = {"offline_end": offline_end, "online_episodes": episodes, "buffer": buffer.state_dict()}
-            path = save_state(f"runs/{run_name}/checkpoint_{step}.pt", step, networks, given_args, eval_rng,
+            path = save_state(str(run_dir / f"checkpoint_{step}.pt"), step, networks, given_args, eval_rng,
                               evaluations, extra)
             if stopping:
                 writer.close()
@@ -1180,8 +1185,8 @@ def main(args: Args):
     print(f"{line}; best evaluation (step {best[0]:,}): {best[key]:.2f}")
 
     if args.save_model and args.online_steps > 0:
-        save_checkpoint(f"runs/{run_name}/{args.exp_name}_online.pt", networks, args, end, "online", obs_dim, act_dim,
-                        info)
+        save_checkpoint(str(run_dir / f"{args.exp_name}_online.pt"), networks, args, end, "online", obs_dim,
+                        act_dim, info)
     elif args.save_model and end == start:
         print("note: --save-model saved nothing: this run made no updates")
     env.close()

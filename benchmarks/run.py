@@ -152,7 +152,8 @@ class Execute:
             else:  # another command's run: kept, out of the report's way
                 (folder / "runs").rename(folder / f"runs.replaced.{time.time_ns()}")
         (folder / "command").write_text(given)
-        started = command if resume is None else [command[0], command[1], "--resume", str(resume.relative_to(folder))]
+        # resuming, the script takes every setting from the checkpoint but the device flags, which stay as given
+        started = command if resume is None else [*command, "--resume", str(resume.relative_to(folder))]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         with open(folder / "log.txt", "a") as log:
             log.write(f"$ {' '.join(started)}\n")

@@ -145,11 +145,16 @@ def test_resumed_run_ends_bit_identical(maze_root, tmp_path, script, dataset_id,
     out = run_script(script, straight, *common, *flags)
     assert out.returncode == 0, out.stderr
     (run_dir,) = (straight / "runs").iterdir()
-    resumed_dir = tmp_path / "resumed" / "runs" / run_dir.name
+    resumed_dir = tmp_path / "elsewhere" / run_dir.name
     resumed_dir.mkdir(parents=True)
-    shutil.copy(run_dir / f"checkpoint_{middle}.pt", resumed_dir)
-    out = run_script(script, tmp_path / "resumed", "--resume", str(resumed_dir / f"checkpoint_{middle}.pt"))
+    # A run saved with --cudagraphs resumes on this CPU: the device flags come from the resuming command.
+    state = torch.load(run_dir / f"checkpoint_{middle}.pt", weights_only=False)
+    state["args"]["cudagraphs"] = True
+    torch.save(state, resumed_dir / f"checkpoint_{middle}.pt")
+    # Resumed from another working directory: the run continues in the checkpoint's folder, not in ./runs.
+    out = run_script(script, tmp_path, "--resume", str(resumed_dir / f"checkpoint_{middle}.pt"))
     assert out.returncode == 0, out.stderr
+    assert not (tmp_path / "runs").exists()
     assert f"resuming {run_dir.name} from step {middle}" in out.stdout
     a, b = final_state(run_dir), final_state(resumed_dir)
     assert_same_training_state(a, b)

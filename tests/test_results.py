@@ -110,9 +110,9 @@ def test_an_unfinished_run_resumes_from_its_newest_checkpoint(tmp_path):
 
     # The same script and flags (python and the repository elsewhere): resume from step 20, not 5 (numbers, not text).
     assert attempt(["--seed", "1"], ["/other/python", "/other/repo/echo.py", "--seed", "1"]) == \
-        (0, "args: --resume runs/r/checkpoint_20.pt")
+        (0, "args: --seed 1 --resume runs/r/checkpoint_20.pt")
     assert json.loads((folder / "done").read_text())[2:] == ["--seed", "1"]  # the suite's command, not the resume one
-    assert attempt(["--seed", "1"]) == (0, "args: --resume runs/r/checkpoint_20.pt")  # done: not run again ...
+    assert attempt(["--seed", "1"]) == (0, "args: --seed 1 --resume runs/r/checkpoint_20.pt")  # done: not run again ...
     assert (folder / "log.txt").read_text().count("$ ") == 1  # ... the log shows one attempt only
     # Another command starts over; the other command's run is kept aside, out of the report's glob (runs/*).
     assert attempt(["--seed", "2"]) == (0, "args: --seed 2")
