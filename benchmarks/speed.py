@@ -182,6 +182,12 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def spread(ratios: list) -> list:
+    """[first quartile, third quartile, min, max] of the rounds' ratios (quartiles as statistics.quantiles)."""
+    q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+    return [q1, q3, min(ratios), max(ratios)]
+
+
 def time_updates(variants: dict, args: Args) -> tuple[dict, dict]:
     """In each round, every variant is timed between two baseline timings of its own (baseline, variant, variant,
     baseline), so that the machine's drift, which is large on a small shared VM, cancels in the ratio. Returns
@@ -339,6 +345,18 @@ def time_maze_vector_envs(args: Args) -> dict:
     return results
 
 
+def cpu_model() -> str:
+    """The CPU's model name and its widest vector extension, from /proc/cpuinfo where there is one."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    vector = next((v for v in ("avx512f", "avx2", "avx") if v in flags), "no AVX")
+    return f"{name} ({vector})"
+
+
 def main(args: Args):
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -346,8 +364,7 @@ def main(args: Args):
     np.random.seed(0)
     device = args.device
     results = {"date": time.strftime("%Y-%m-%d"), "device": device, "torch": torch.__version__,
-               "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
-               "cpu_count": os.cpu_count()}
+               "threads": torch.get_num_threads(), "cpu": cpu_model(), "cpu_count": os.cpu_count()}
     if torch.device(device).type == "cuda":
         results["gpu"] = torch.cuda.get_device_name()
 
@@ -370,7 +387,8 @@ def main(args: Args):
     # The ratio is the median over rounds of (variant / the baseline timed around it): drift in the machine's
     # speed cancels. The baseline's rounds are all its pairs of timings (one pair around each variant).
     results["updates_per_s"] = {n: {"median": statistics.median(r), "rounds": r, "ratios": ratios[n],
-                                    "ratio": statistics.median(ratios[n])} for n, r in rates.items()}
+                                    "ratio": statistics.median(ratios[n]), "spread": spread(ratios[n])}
+                                for n, r in rates.items()}
 
     if args.dataset_steps:
         results["dataset"] = time_dataset(args)
@@ -380,10 +398,12 @@ def main(args: Args):
         results["maze_vector_envs"] = time_maze_vector_envs(args)
 
     print(f"\n| variant | updates/s (median of {args.rounds} rounds) | x baseline (median of the {args.rounds} rounds' "
-          "ratios to the baseline timed around it) |")
-    print("|---|---|---|")
+          "ratios to the baseline timed around it) | rounds' ratios: quartiles, min-max |")
+    print("|---|---|---|---|")
     for n, r in results["updates_per_s"].items():
-        print(f"| {n} | {r['median']:.0f} | {r['ratio']:.2f} |")
+        q1, q3, low, high = r["spread"]
+        print(f"| {n} | {r['median']:.0f} | {r['ratio']:.2f} | "
+              + ("" if n == "baseline" else f"{q1:.2f}-{q3:.2f}, {low:.2f}-{high:.2f}") + " |")
     if "dataset" in results:
         d = results["dataset"]
         print(f"\ndataset: {d['transitions']:,} transitions to {device} tensors in {d['seconds']:.2f} s (best of 3)")
