@@ -36,6 +36,17 @@ def test_shared_tables_are_identical():
     assert ft.STOPPED == cont.STOPPED == maze.STOPPED == 75  # the results runner tells a signal stop by it
 
 
+def test_resume_set_up_is_identical_in_the_three_mains():
+    """main()'s resume branch (settings from the checkpoint, device flags from the command, the checkpoint's folder)
+    is copied into each script; the copies must not drift apart."""
+    def resume_block(module):
+        source = inspect.getsource(module.main)
+        return source[source.index("    if args.resume:"):source.index("    given_args = args")]
+
+    assert "run_dir = Path(args.resume).parent" in resume_block(cont)
+    assert resume_block(ft) == resume_block(cont) == resume_block(maze)
+
+
 def indexed_data(n: int) -> ft.Batch:
     """Transitions whose reward is their index, so a sampled batch tells which rows it came from."""
     ids = torch.arange(n, dtype=torch.float32)
