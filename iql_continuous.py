@@ -107,7 +107,7 @@ class Args:
     """save the whole training state to `runs/{run_name}/checkpoint_{step}.pt` every this many updates and at the
     end (0: never, except on SIGINT/SIGTERM)"""
     resume: Optional[str] = None
-    """a checkpoint_{step}.pt file: continue its run (its settings, its folder) from that step"""
+    """a checkpoint_{step}.pt file: continue its run (its settings but the device flags, its folder) from that step"""
 
 
 # D4RL locomotion names -> Minari ids (SPEC section 5). medium-expert is the two datasets concatenated,

@@ -127,7 +127,7 @@ class Args:
     """save the whole training state (with the replay buffer's online part) to `runs/{run_name}/checkpoint_{step}.pt`
     every this many updates, at the phase change and at the end (0: never, except on SIGINT/SIGTERM)"""
     resume: Optional[str] = None
-    """a checkpoint_{step}.pt file: continue its run (its settings, its folder) from that step"""
+    """a checkpoint_{step}.pt file: continue its run (its settings but the device flags, its folder) from that step"""
 
 
 # D4RL names -> Minari ids (SPEC section 5). Mazes as in iql_antmaze.py, locomotion as in iql_continuous.py.
