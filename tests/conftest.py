@@ -6,6 +6,7 @@ run through the same code paths as on downloaded datasets. Nothing here reads th
 
 import importlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -133,6 +134,29 @@ def run_script(script: str, cwd, *flags, timeout=300) -> subprocess.CompletedPro
                           capture_output=True, text=True, timeout=timeout)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
+def run_main(script: str, cwd, *flags):
+    """Run `python <script>.py FLAGS` in this process, as the command line would (tyro parses the flags into Args,
+    then main(args)), in `cwd` and on one torch thread. A user error is raised as the script's UserError. The
+    working directory, the thread count and the signal handlers that main() takes over are given back after."""
+    import torch
+    import tyro
+
+    module = importlib.import_module(script)
+    handlers, threads, old_cwd = {s: signal.getsignal(s) for s in STOP_SIGNALS}, torch.get_num_threads(), os.getcwd()
+    try:
+        os.chdir(cwd)
+        torch.set_num_threads(1)
+        return module.main(tyro.cli(module.Args, args=[str(f) for f in flags]))
+    finally:
+        os.chdir(old_cwd)
+        torch.set_num_threads(threads)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
 def assert_one_line_error(out: subprocess.CompletedProcess, message: str):
     lines = out.stderr.strip().splitlines()
     assert out.returncode != 0
@@ -181,3 +205,14 @@ def robotics_root(minari_root):
     buffers["test/kitchen/random-v0"] = make_robotics_dataset("test/kitchen/random-v0", kitchen, 3, seed=12,
                                                               ref_min_score=0.0, ref_max_score=80.0)
     return root, buffers
+
+
+@pytest.fixture(scope="session")
+def continuous_run(minari_root, tmp_path_factory):
+    """A real 20-update iql_continuous.py run on `test/hopper/random-v0` (hidden 32): its folder, holding
+    `checkpoint_20.pt` and the `--save-model` file `h.pt`, for the tests that load or must refuse them."""
+    cwd = tmp_path_factory.mktemp("continuous_run")
+    run_main("iql_continuous", cwd, "--env-id", "test/hopper/random-v0", "--total-steps", "20", "--eval-episodes", "1",
+             "--hidden-dim", "32", "--save-model", "--exp-name", "h", "--no-cuda")
+    (run_dir,) = (cwd / "runs").iterdir()
+    return run_dir

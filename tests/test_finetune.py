@@ -7,7 +7,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import assert_one_line_error, run_script, scalars
+from conftest import run_main, scalars
 
 import iql_antmaze as maze
 import iql_continuous as cont
@@ -189,13 +189,13 @@ def test_explore_samples_around_the_mean_within_bounds():
     assert 0.28 < actions.std(0).min() < 0.32
 
 
-def test_end_to_end_offline_then_online_and_checkpoint(maze_root, tmp_path):
+def test_end_to_end_offline_then_online_and_checkpoint(maze_root, tmp_path, capsys):
     common = ["--env-id", "test/pointmaze/random-v0", "--eval-episodes", "2", "--hidden-dim", "32", "--log-freq", "50",
               "--no-cuda"]
-    out = run_script("iql_finetune", tmp_path, *common, "--offline-steps", "100", "--online-steps", "150",
-                     "--eval-freq", "100", "--save-model", "--exp-name", "ft")
-    assert out.returncode == 0, out.stderr
-    assert "offline phase done after 100 updates" in out.stdout and "online end (step 250)" in out.stdout
+    run_main("iql_finetune", tmp_path, *common, "--offline-steps", "100", "--online-steps", "150",
+             "--eval-freq", "100", "--save-model", "--exp-name", "ft")
+    stdout = capsys.readouterr().out
+    assert "offline phase done after 100 updates" in stdout and "online end (step 250)" in stdout
     (run_dir,) = (tmp_path / "runs").iterdir()
     logged = scalars(run_dir)
     assert [s for s, _ in logged["losses/q_loss"]] == [50, 100, 150, 200, 250]
@@ -226,10 +226,10 @@ def test_end_to_end_offline_then_online_and_checkpoint(maze_root, tmp_path):
     # Starting from the offline checkpoint skips pre-training: the online phase begins at its step.
     resume = tmp_path / "resume"
     resume.mkdir()
-    out = run_script("iql_finetune", resume, *common, "--checkpoint", str(run_dir / "ft_offline.pt"),
-                     "--online-steps", "100", "--eval-freq", "1000")
-    assert out.returncode == 0, out.stderr
-    assert "pre-training skipped" in out.stdout and "offline phase done after 100 updates (0 in this run" in out.stdout
+    run_main("iql_finetune", resume, *common, "--checkpoint", str(run_dir / "ft_offline.pt"),
+             "--online-steps", "100", "--eval-freq", "1000")
+    stdout = capsys.readouterr().out
+    assert "pre-training skipped" in stdout and "offline phase done after 100 updates (0 in this run" in stdout
     (run_dir,) = (resume / "runs").iterdir()
     logged = scalars(run_dir)
     assert [s for s, _ in logged["losses/q_loss"]] == [150, 200]
@@ -238,60 +238,34 @@ def test_end_to_end_offline_then_online_and_checkpoint(maze_root, tmp_path):
     assert logged["charts/online_start_step"] == [(100, 100.0)]
 
 
-def test_online_phase_from_the_start(maze_root, tmp_path):
+def test_online_phase_from_the_start(maze_root, tmp_path, capsys):
     """--offline-steps 0: the starting policy is evaluated, and the phase change is logged at update 0."""
-    out = run_script("iql_finetune", tmp_path, "--env-id", "test/pointmaze/random-v0", "--offline-steps", "0",
-                     "--online-steps", "20", "--eval-freq", "1000", "--eval-episodes", "1", "--hidden-dim", "16",
-                     "--log-freq", "10", "--no-cuda", "--save-model")
-    assert out.returncode == 0, out.stderr
-    assert "offline phase done after 0 updates" in out.stdout
+    run_main("iql_finetune", tmp_path, "--env-id", "test/pointmaze/random-v0", "--offline-steps", "0",
+             "--online-steps", "20", "--eval-freq", "1000", "--eval-episodes", "1", "--hidden-dim", "16",
+             "--log-freq", "10", "--no-cuda", "--save-model")
+    assert "offline phase done after 0 updates" in capsys.readouterr().out
     logged = scalars(next((tmp_path / "runs").iterdir()))
     assert logged["charts/online_start_step"] == [(0, 0.0)]
     assert [s for s, _ in logged["charts/success_rate"]] == [0, 20]
     assert sorted(p.name for p in (tmp_path / "runs").glob("*/*.pt")) == ["checkpoint_20.pt", "iql_finetune_online.pt"]
 
 
-def test_end_to_end_flat_observations(minari_root, tmp_path):
+def test_end_to_end_flat_observations(minari_root, tmp_path, capsys):
     """Locomotion data: the online env is Hopper-v5, whose episodes end early when the hopper falls."""
-    out = run_script("iql_finetune", tmp_path, "--env-id", "test/hopper/random-v0", "--offline-steps", "50",
-                     "--online-steps", "100", "--eval-freq", "100", "--eval-episodes", "2", "--hidden-dim", "32",
-                     "--log-freq", "50", "--no-cuda", "--temperature", "1")
-    assert out.returncode == 0, out.stderr
-    assert "reward scale" in out.stdout and "normalized" in out.stdout
-    assert "expectile    0.7    locomotion default" in out.stdout
-    assert "temperature  1.0    flag (the locomotion default is 3.0)" in out.stdout
+    run_main("iql_finetune", tmp_path, "--env-id", "test/hopper/random-v0", "--offline-steps", "50",
+             "--online-steps", "100", "--eval-freq", "100", "--eval-episodes", "2", "--hidden-dim", "32",
+             "--log-freq", "50", "--no-cuda", "--temperature", "1")
+    stdout = capsys.readouterr().out
+    assert "reward scale" in stdout and "normalized" in stdout
+    assert "expectile    0.7    locomotion default" in stdout
+    assert "temperature  1.0    flag (the locomotion default is 3.0)" in stdout
     logged = scalars(next((tmp_path / "runs").iterdir()))
     assert len(logged["charts/online_return"]) >= 3 and "charts/online_success" not in logged
     assert [s for s, _ in logged["charts/normalized_score"]] == [50, 100, 150]
 
 
-@pytest.fixture(scope="module")
-def hopper_checkpoint(minari_root, tmp_path_factory):
-    cwd = tmp_path_factory.mktemp("ckpt")
-    out = run_script("iql_continuous", cwd, "--env-id", "test/hopper/random-v0", "--total-steps", "20",
-                     "--eval-episodes", "1", "--hidden-dim", "32", "--save-model", "--exp-name", "h", "--no-cuda")
-    assert out.returncode == 0, out.stderr
-    return str(next(cwd.glob("runs/*/h.pt")))
-
-
-@pytest.mark.parametrize("flags, message", [
-    (["--env-id", "hopper-random-v2"], "unknown env id"),
-    (["--env-id", "test/pointmaze/absent-v0"], "could not be downloaded"),
-    (["--env-id", "test/pointmaze/random-v0", "--buffer-size", "100"], "smaller than the dataset (360 transitions)"),
-    (["--env-id", "test/pointmaze/random-v0", "--checkpoint", "absent.pt"], "no such file"),
-    (["--env-id", "test/pointmaze/random-v0", "--checkpoint", "HOPPER"], "another env, or --goal-input differs"),
-    (["--env-id", "test/hopper/random-v0", "--checkpoint", "HOPPER"], "pass --hidden-dim 32"),
-    (["--env-id", "test/pointmaze/random-v0", "--online-steps", "-1"], "--online-steps must be >= 0"),
-    (["--env-id", "test/hopper/random-v0", "--checkpoint", "HOPPER", "--hidden-dim", "32", "--no-normalize-reward"],
-     "trained on rewards scaled by"),
-])
-def test_bad_input_is_one_line(maze_root, hopper_checkpoint, tmp_path, flags, message):
-    flags = [hopper_checkpoint if f == "HOPPER" else f for f in flags]
-    out = run_script("iql_finetune", tmp_path, *flags, "--eval-episodes", "1", timeout=120)
-    assert_one_line_error(out, message)
-
-
-def test_offline_checkpoint_loads_with_fresh_optimisers(minari_root, hopper_checkpoint, capsys):
+def test_offline_checkpoint_loads_with_fresh_optimisers(continuous_run, capsys):
+    hopper_checkpoint = str(continuous_run / "h.pt")
     args = ft.Args(env_id="test/hopper/random-v0", hidden_dim=32)
     nets = ft.make_networks(11, 3, args, "cpu", lr_decay_steps=None)
     step = ft.load_checkpoint(hopper_checkpoint, nets, args, 11, 3, ft.load_data(args)[2])

@@ -1,5 +1,6 @@
 """Runs survive interruption and bad input: exact resume, SIGTERM, NaN guards, unreadable data."""
 
+import importlib
 import os
 import shutil
 import signal
@@ -9,12 +10,12 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, assert_one_line_error, run_script, scalars
+from conftest import ROOT, assert_one_line_error, run_main, run_script, scalars
 
 import iql_continuous as cont
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def broken_root(minari_root):
     """`test/hopper/nan-v0` (one NaN reward) and `test/hopper/truncated-v0` (its data file cut in half)."""
     import minari
@@ -39,18 +40,8 @@ def broken_root(minari_root):
     return root, buffers
 
 
-@pytest.fixture(scope="module")
-def continuous_checkpoint(minari_root, tmp_path_factory):
-    """A real checkpoint_{step}.pt of iql_continuous.py (20 updates), for the scripts that must refuse it."""
-    cwd = tmp_path_factory.mktemp("resume")
-    out = run_script("iql_continuous", cwd, "--env-id", "test/hopper/random-v0", "--total-steps", "20",
-                     "--eval-episodes", "1", "--hidden-dim", "16", "--batch-size", "32", "--no-cuda")
-    assert out.returncode == 0, out.stderr
-    return str(next(cwd.glob("runs/*/checkpoint_20.pt")))
-
-
 HOPPER, MAZE = ["--env-id", "test/hopper/random-v0"], ["--env-id", "test/pointmaze/random-v0"]
-BAD_INPUTS = [  # (script, flags, the message's telling part); each case of the reliability issue, over the scripts
+BAD_INPUTS = [  # (script, flags, the message's telling part): every bad input a user met, over the three scripts
     ("iql_continuous", HOPPER + ["--expectile", "1.5"], "--expectile must be in (0, 1), got 1.5"),
     ("iql_antmaze", MAZE + ["--expectile", "0"], "--expectile must be in (0, 1), got 0.0"),
     ("iql_finetune", MAZE + ["--temperature", "-1"], "--temperature must be >= 0 (0 is behaviour cloning), got -1.0"),
@@ -59,36 +50,63 @@ BAD_INPUTS = [  # (script, flags, the message's telling part); each case of the 
     ("iql_continuous", HOPPER + ["--total-steps", "0"], "--total-steps must be positive, got 0"),
     ("iql_finetune", MAZE + ["--offline-steps", "-5"], "--offline-steps must be >= 0, got -5"),
     ("iql_finetune", MAZE + ["--offline-steps", "0", "--online-steps", "0"], "are both 0: nothing to train"),
+    ("iql_finetune", MAZE + ["--online-steps", "-1"], "--online-steps must be >= 0"),
     ("iql_antmaze", MAZE + ["--eval-episodes", "0"], "--eval-episodes must be positive, got 0"),
     ("iql_continuous", HOPPER + ["--dropout", "1.0"], "--dropout must be in [0, 1), got 1.0"),
     ("iql_continuous", ["--env-id", "cartpole"], "unknown env id 'cartpole'"),
     ("iql_continuous", ["--env-id", "hopper-random-v2"], "no Minari counterpart"),
+    ("iql_finetune", ["--env-id", "hopper-random-v2"], "unknown env id"),
+    ("iql_antmaze", ["--env-id", "antmaze-umaze-v1"], "no Minari counterpart"),
     ("iql_continuous", ["--env-id", "test/hopper/absent-v0"], "could not be downloaded"),
+    ("iql_antmaze", ["--env-id", "test/pointmaze/absent-v0"], "could not be downloaded"),
+    ("iql_finetune", ["--env-id", "test/pointmaze/absent-v0"], "could not be downloaded"),
+    ("iql_continuous", ["--env-id", "test/hopper/nan-v0"], "has NaN or infinite rewards (1 transitions, the first at index"),
+    ("iql_finetune", ["--env-id", "test/hopper/nan-v0"], "has NaN or infinite rewards (1 transitions, the first at index"),
+    ("iql_continuous", ["--env-id", "test/hopper/truncated-v0"], "truncated-v0/data (OSError: Unable to synchronously open file (truncated file"),
+    ("iql_finetune", ["--env-id", "test/hopper/truncated-v0"], "truncated-v0/data (OSError: Unable to synchronously open file (truncated file"),
     ("iql_continuous", MAZE, "is a maze dataset"),  # the wrong observation kind for the script
     ("iql_antmaze", HOPPER, "is a locomotion dataset: use iql_continuous.py"),
-    ("iql_finetune", ["--resume", "CONTINUOUS"], "was written by iql_continuous.py, not iql_finetune.py"),
-    ("iql_antmaze", ["--resume", "CONTINUOUS"], "was written by iql_continuous.py, not iql_antmaze.py"),
+    ("iql_finetune", ["--env-id", "test/kitchen/random-v0"], "offline only, with iql_continuous.py"),
+    ("iql_finetune", MAZE + ["--buffer-size", "100"], "smaller than the dataset (360 transitions)"),
+    ("iql_finetune", ["--resume", "CHECKPOINT"], "was written by iql_continuous.py, not iql_finetune.py"),
+    ("iql_antmaze", ["--resume", "CHECKPOINT"], "was written by iql_continuous.py, not iql_antmaze.py"),
     ("iql_continuous", ["--resume", "absent.pt"], "--resume absent.pt: no such file"),
-    ("iql_finetune", MAZE + ["--checkpoint", "CONTINUOUS"], "is not a --save-model file (a checkpoint_{step}.pt"),
-]  # truncated and NaN data: test_bad_data_is_one_line; a --checkpoint of the wrong shape: test_finetune.py
+    ("iql_continuous", ["--resume", "MODEL"], "is not a checkpoint_{step}.pt file of this script"),
+    ("iql_finetune", MAZE + ["--checkpoint", "absent.pt"], "no such file"),
+    ("iql_finetune", MAZE + ["--checkpoint", "CHECKPOINT"], "is not a --save-model file (a checkpoint_{step}.pt"),
+    ("iql_finetune", MAZE + ["--checkpoint", "MODEL"], "another env, or --goal-input differs"),
+    ("iql_finetune", HOPPER + ["--checkpoint", "MODEL"], "pass --hidden-dim 32"),
+    ("iql_finetune", HOPPER + ["--checkpoint", "MODEL", "--hidden-dim", "32", "--no-normalize-reward"],
+     "trained on rewards scaled by"),
+]
+# The real command line, once per script: the exit status, one line on stderr, no traceback.
+ON_THE_COMMAND_LINE = [BAD_INPUTS[i] for i in (0, 14, 21)]
+
+
+def with_files(flags, run_dir):
+    """The table's flags with CHECKPOINT and MODEL replaced by the files of a real iql_continuous.py run."""
+    files = {"CHECKPOINT": str(run_dir / "checkpoint_20.pt"), "MODEL": str(run_dir / "h.pt")}
+    flags = [files.get(f, f) for f in flags]
+    return flags + (["--seed", "1"] if "--eval-episodes" in flags else ["--eval-episodes", "1"])
+
+
+@pytest.fixture
+def bad_input_data(maze_root, robotics_root, broken_root, continuous_run):
+    return continuous_run
 
 
 @pytest.mark.parametrize("script, flags, message", BAD_INPUTS, ids=[" ".join([c[0], *c[1][-2:]]) for c in BAD_INPUTS])
-def test_bad_input_is_one_line(maze_root, continuous_checkpoint, tmp_path, script, flags, message):
-    flags = [continuous_checkpoint if f == "CONTINUOUS" else f for f in flags]
-    out = run_script(script, tmp_path, *flags, "--eval-episodes" if "--eval-episodes" not in flags else "--seed", "1",
-                     timeout=120)
-    assert_one_line_error(out, message)
+def test_bad_input_is_a_user_error(bad_input_data, tmp_path, script, flags, message):
+    """main() stops with the script's UserError, whose one line says what is wrong, before any training."""
+    with pytest.raises(importlib.import_module(script).UserError) as error:
+        run_main(script, tmp_path, *with_files(flags, bad_input_data))
+    assert message in str(error.value) and "\n" not in str(error.value)
+    assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("script", ["iql_continuous", "iql_finetune"])
-@pytest.mark.parametrize("env_id, message", [
-    ("test/hopper/nan-v0", "has NaN or infinite rewards (1 transitions, the first at index"),
-    ("test/hopper/truncated-v0", "truncated-v0/data (OSError: Unable to synchronously open file (truncated file"),
-])
-def test_bad_data_is_one_line(broken_root, tmp_path, script, env_id, message):
-    out = run_script(script, tmp_path, "--env-id", env_id, "--eval-episodes", "1", timeout=120)
-    assert_one_line_error(out, message)
+@pytest.mark.parametrize("script, flags, message", ON_THE_COMMAND_LINE, ids=[c[0] for c in ON_THE_COMMAND_LINE])
+def test_bad_input_is_one_line_on_the_command_line(bad_input_data, tmp_path, script, flags, message):
+    assert_one_line_error(run_script(script, tmp_path, *with_files(flags, bad_input_data), timeout=120), message)
 
 
 def test_nan_index_is_the_transition(broken_root):
@@ -99,14 +117,14 @@ def test_nan_index_is_the_transition(broken_root):
         cont.load_data(cont.Args(env_id="test/hopper/nan-v0"), "cpu")
 
 
-def test_divergence_stops_at_the_next_log_step(minari_root, tmp_path):
+def test_divergence_stops_at_the_next_log_step(minari_root, tmp_path, capsys):
     """A real divergence (an absurd learning rate), caught where the losses are logged, with the step named."""
-    out = run_script("iql_continuous", tmp_path, "--env-id", "test/hopper/random-v0", "--learning-rate", "1e12",
-                     "--total-steps", "300", "--log-freq", "50", "--eval-freq", "300", "--eval-episodes", "1",
-                     "--hidden-dim", "32")
-    assert_one_line_error(out, "the run diverged")
-    assert "error: step 50: " in out.stderr and "nan" in out.stderr
-    assert "step 50/300" not in out.stdout  # stopped before printing the progress line of that step
+    with pytest.raises(cont.UserError, match="^step 50: .*nan.*the run diverged") as error:
+        run_main("iql_continuous", tmp_path, "--env-id", "test/hopper/random-v0", "--learning-rate", "1e12",
+                 "--total-steps", "300", "--log-freq", "50", "--eval-freq", "300", "--eval-episodes", "1",
+                 "--hidden-dim", "32")
+    assert "\n" not in str(error.value)
+    assert "step 50/300" not in capsys.readouterr().out  # stopped before printing the progress line of that step
 
 
 def test_progress_line():
@@ -137,13 +155,12 @@ def assert_same_training_state(a: dict, b: dict):
     ("iql_finetune", "test/pointmaze/random-v0", ["--offline-steps", "100", "--online-steps", "100",
                                                   "--checkpoint-freq", "1000"], 100),
 ])
-def test_resumed_run_ends_bit_identical(maze_root, tmp_path, script, dataset_id, flags, middle):
+def test_resumed_run_ends_bit_identical(maze_root, tmp_path, capsys, script, dataset_id, flags, middle):
     common = ["--env-id", dataset_id, "--eval-freq", "100", "--eval-episodes", "2", "--hidden-dim", "32",
               "--dropout", "0.1", "--log-freq", "50", "--batch-size", "64", "--no-cuda"]
     straight = tmp_path / "straight"
     straight.mkdir()
-    out = run_script(script, straight, *common, *flags)
-    assert out.returncode == 0, out.stderr
+    run_main(script, straight, *common, *flags)
     (run_dir,) = (straight / "runs").iterdir()
     resumed_dir = tmp_path / "elsewhere" / run_dir.name
     resumed_dir.mkdir(parents=True)
@@ -152,10 +169,10 @@ def test_resumed_run_ends_bit_identical(maze_root, tmp_path, script, dataset_id,
     state["args"]["cudagraphs"] = True
     torch.save(state, resumed_dir / f"checkpoint_{middle}.pt")
     # Resumed from another working directory: the run continues in the checkpoint's folder, not in ./runs.
-    out = run_script(script, tmp_path, "--resume", str(resumed_dir / f"checkpoint_{middle}.pt"))
-    assert out.returncode == 0, out.stderr
+    capsys.readouterr()
+    run_main(script, tmp_path, "--resume", resumed_dir / f"checkpoint_{middle}.pt")
     assert not (tmp_path / "runs").exists()
-    assert f"resuming {run_dir.name} from step {middle}" in out.stdout
+    assert f"resuming {run_dir.name} from step {middle}" in capsys.readouterr().out
     a, b = final_state(run_dir), final_state(resumed_dir)
     assert_same_training_state(a, b)
     assert a["evaluations"] == b["evaluations"]
@@ -167,7 +184,7 @@ def test_resumed_run_ends_bit_identical(maze_root, tmp_path, script, dataset_id,
     assert min(s for s, _ in logged["losses/q_loss"]) > middle
 
 
-def test_sigterm_saves_a_checkpoint_that_finishes_the_run(minari_root, tmp_path):
+def test_sigterm_saves_a_checkpoint_that_finishes_the_run(minari_root, tmp_path, capsys):
     command = [sys.executable, str(ROOT / "iql_continuous.py"), "--env-id", "test/hopper/random-v0", "--total-steps",
                "1500", "--log-freq", "50", "--eval-freq", "1500", "--eval-episodes", "1", "--hidden-dim", "16",
                "--batch-size", "32", "--checkpoint-freq", "0", "--no-cuda"]
@@ -184,19 +201,15 @@ def test_sigterm_saves_a_checkpoint_that_finishes_the_run(minari_root, tmp_path)
     path = message.split("--resume ")[1]
     stopped_at = torch.load(tmp_path / path, weights_only=False)["step"]
     assert 50 <= stopped_at < 1500
-    out = run_script("iql_continuous", tmp_path, "--resume", path)
-    assert out.returncode == 0, out.stderr
-    assert "step    1,500" in out.stdout and f"from step {stopped_at:,}" in out.stdout
+    run_main("iql_continuous", tmp_path, "--resume", path)
+    stdout = capsys.readouterr().out
+    assert "step    1,500" in stdout and f"from step {stopped_at:,}" in stdout
 
 
-def test_resume_refuses_a_save_model_file(minari_root, tmp_path):
-    out = run_script("iql_continuous", tmp_path, "--env-id", "test/hopper/random-v0", "--total-steps", "20",
-                     "--eval-episodes", "1", "--hidden-dim", "16", "--batch-size", "32", "--save-model",
-                     "--exp-name", "m", "--checkpoint-freq", "0")
-    assert out.returncode == 0, out.stderr
-    (model,) = (tmp_path / "runs").glob("*/m.pt")
-    assert not list((tmp_path / "runs").glob("*/checkpoint_*.pt"))  # --checkpoint-freq 0: none
-    assert_one_line_error(run_script("iql_continuous", tmp_path, "--resume", str(model)), "is not a checkpoint_")
+def test_checkpoint_freq_zero_writes_no_checkpoint(minari_root, tmp_path):
+    run_main("iql_continuous", tmp_path, "--env-id", "test/hopper/random-v0", "--total-steps", "20", "--eval-episodes",
+             "1", "--hidden-dim", "16", "--batch-size", "32", "--save-model", "--exp-name", "m", "--checkpoint-freq", "0")
+    assert [p.name for p in tmp_path.glob("runs/*/*.pt")] == ["m.pt"]
 
 
 def test_stop_signals_set_the_flag_instead_of_killing():

@@ -4,17 +4,17 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import run_script, scalars
+from conftest import run_main, scalars
 
 import iql_continuous as iql
 
 
-def test_end_to_end_run_logs_and_saves(minari_root, tmp_path):
-    out = run_script("iql_continuous", tmp_path, "--env-id", "test/hopper/random-v0", "--total-steps", "300",
+def test_end_to_end_run_logs_and_saves(minari_root, tmp_path, capsys):
+    run_main("iql_continuous", tmp_path, "--env-id", "test/hopper/random-v0", "--total-steps", "300",
                      "--eval-freq", "150", "--log-freq", "100", "--eval-episodes", "3", "--hidden-dim", "64", "--save-model",
                      "--exp-name", "e2e", "--no-cuda")
-    assert out.returncode == 0, out.stderr
-    assert "step      300" in out.stdout and "normalized" in out.stdout
+    stdout = capsys.readouterr().out
+    assert "step      300" in stdout and "normalized" in stdout
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert run_dir.name.startswith("test-hopper-random-v0__e2e__1__")  # "/" made safe
     logged = scalars(run_dir)
