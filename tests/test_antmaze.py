@@ -1,6 +1,5 @@
 """iql_antmaze.py: maze observations, the reward and terminal rule, success rates, the script end to end."""
 
-import inspect
 from functools import partial
 
 import gymnasium as gym
@@ -10,24 +9,6 @@ import torch
 from conftest import run_main, scalars
 
 import iql_antmaze as maze
-import iql_continuous as cont
-
-
-# Deliberate copies: these must stay identical in every script.
-SHARED = ["UserError", "check_args", "env_domain", "with_domain_defaults", "read_episodes", "check_data",
-          "progress_line", "check_finite", "save_state", "read_state", "restore_state", "StopSignal",
-          "load_minari_dataset", "Batch", "sample_batch", "expectile_loss", "awr_loss", "td_target", "q_loss",
-          "gaussian_log_prob", "cosine_decay", "mlp", "TwinQ", "Value", "Actor",
-          "optimizer_step", "update", "Networks", "make_networks", "make_train_step", "cuda_graph", "make_eval_envs"]
-
-
-@pytest.mark.parametrize("name", SHARED)
-def test_shared_code_is_identical(name):
-    assert inspect.getsource(getattr(maze, name)) == inspect.getsource(getattr(cont, name))
-
-
-def test_domain_defaults_table_is_identical():
-    assert maze.DOMAIN_DEFAULTS == cont.DOMAIN_DEFAULTS
 
 
 def test_maze_observations_with_and_without_goal():

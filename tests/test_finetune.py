@@ -1,6 +1,5 @@
 """iql_finetune.py: the replay buffer, online transitions (masks, rewards), checkpoints, the script end to end."""
 
-import inspect
 from functools import partial
 
 import gymnasium as gym
@@ -10,42 +9,7 @@ import torch
 from conftest import run_main, scalars
 
 import iql_antmaze as maze
-import iql_continuous as cont
 import iql_finetune as ft
-
-# Deliberate copies: the fine-tuning script holds the offline scripts' code for the update and the data.
-FROM_CONTINUOUS = ["UserError", "env_domain", "with_domain_defaults", "read_episodes", "check_data", "progress_line",
-                   "check_finite", "load_minari_dataset", "flat_observations", "Batch", "expectile_loss", "awr_loss", "td_target", "q_loss",
-                   "gaussian_log_prob", "cosine_decay", "mlp", "TwinQ", "Value", "Actor", "optimizer_step", "update",
-                   "Networks", "make_networks", "make_train_step", "cuda_graph", "make_eval_envs", "flatten_episodes",
-                   "trajectory_ends", "reward_scale", "reference_scores", "save_state", "read_state", "restore_state",
-                   "StopSignal"]
-FROM_ANTMAZE = ["maze_observations", "maze_rewards_and_terminals", "flatten_maze_episodes", "record_success",
-                "evaluate"]
-
-
-@pytest.mark.parametrize("name, source", [(n, cont) for n in FROM_CONTINUOUS] + [(n, maze) for n in FROM_ANTMAZE])
-def test_shared_code_is_identical(name, source):
-    assert inspect.getsource(getattr(ft, name)) == inspect.getsource(getattr(source, name))
-
-
-def test_shared_tables_are_identical():
-    for name in ("DOMAIN_DEFAULTS", "D4RL_REF_SCORES", "ENV_TO_TASK", "MINARI_ID"):
-        assert getattr(ft, name) == getattr(cont, name), name
-    assert ft.DOMAIN_DEFAULTS == maze.DOMAIN_DEFAULTS
-    assert ft.STOPPED == cont.STOPPED == maze.STOPPED == 75  # the results runner tells a signal stop by it
-
-
-def test_resume_set_up_is_identical_in_the_three_mains():
-    """main()'s resume branch (settings from the checkpoint, device flags from the command, the checkpoint's folder)
-    is copied into each script; the copies must not drift apart."""
-    def resume_block(module):
-        source = inspect.getsource(module.main)
-        return source[source.index("    if args.resume:"):source.index("    given_args = args")]
-
-    assert "run_dir = Path(args.resume).parent" in resume_block(cont)
-    assert resume_block(ft) == resume_block(cont) == resume_block(maze)
-
 
 def indexed_data(n: int) -> ft.Batch:
     """Transitions whose reward is their index, so a sampled batch tells which rows it came from."""
