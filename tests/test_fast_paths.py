@@ -40,27 +40,13 @@ def all_tensors(nets):
     return tensors
 
 
-def test_compiled_update_matches_eager(iql):
-    args, nets, batch = networks_and_batch(iql)
-    _, nets_fast, _ = networks_and_batch(iql)  # same seed: an identical copy, optimizers and schedule included
-    before = {k: v.clone() for k, v in all_tensors(nets).items()}
-    m_plain = run(iql.update, nets, batch, args)
-    m_fast = run(torch.compile(iql.update), nets_fast, batch, args)
-    plain, fast = all_tensors(nets), all_tensors(nets_fast)
-    assert plain.keys() == fast.keys() and len(plain) > 20
-    for k in plain:
-        torch.testing.assert_close(fast[k], plain[k], rtol=1e-5, atol=1e-6, msg=k)
-    for k in m_plain:
-        torch.testing.assert_close(m_fast[k], m_plain[k], rtol=1e-5, atol=1e-6)
-    # and the update did change every trained parameter
-    for k in before:
-        if k.split(".")[0] in ("actor", "critic", "value", "target_critic"):
-            assert not torch.equal(before[k], plain[k]), k
-
-
 def test_update_matches_a_plain_reference(iql):
     """One step against the algorithm written out with separate modules and torch.distributions."""
     args, nets, batch = networks_and_batch(iql, seed=1)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():  # a target that differs from the critic, so that the test tells which one each step reads
+        for p in nets.target_critic.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
     actor, critic, target_critic, value, _, _ = copy.deepcopy(nets)
     obs, actions, rewards, next_obs, masks = batch
     lr = args.learning_rate
@@ -88,9 +74,9 @@ def test_update_matches_a_plain_reference(iql):
             pt.copy_(0.995 * pt + 0.005 * p)
 
     run(iql.update, nets, batch, args, steps=1)
-    for mine, ref in zip((nets[0], nets[1], nets[2], nets[3]), (actor, critic, target_critic, value)):
-        for (k, a), b in zip(mine.state_dict().items(), ref.state_dict().values()):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)
+    for name, ref in zip(("actor", "critic", "target_critic", "value"), (actor, critic, target_critic, value)):
+        for (k, a), b in zip(getattr(nets, name).state_dict().items(), ref.state_dict().values()):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}.{k}: {m}")
 
 
 def test_cudagraphs_needs_cuda(iql):
@@ -100,11 +86,18 @@ def test_cudagraphs_needs_cuda(iql):
         iql.check_args(iql.Args(cudagraphs=True))
 
 
-def test_compiled_train_step_matches_eager(iql):
-    """The shipped --compile path (make_train_step: sampling and update compiled together) against eager."""
+@pytest.mark.parametrize("script", ["iql_continuous", "iql_finetune"])
+def test_compiled_train_step_matches_eager(script):
+    """The shipped --compile path (make_train_step: sampling and update compiled together) against eager, two steps.
+    The update and make_train_step are copies of one code (test_copies.py), so they are compiled once for each
+    sampler: sample_batch (the offline scripts) and the replay buffer (iql_finetune.py)."""
+    import importlib
+
     import torch._inductor.config as inductor_config
 
+    iql = importlib.import_module(script)
     data = iql.Batch(*networks_and_batch(iql)[2])
+    before = {k: v.clone() for k, v in all_tensors(networks_and_batch(iql)[1]).items()}
     steps = {}
     for mode in (None, "compile"):
         args, nets, _ = networks_and_batch(iql)
@@ -115,6 +108,9 @@ def test_compiled_train_step_matches_eager(iql):
                 metrics = step()
         steps[mode] = (all_tensors(nets), metrics, nets.optimizers[0].param_groups[0]["lr"].item())
     (plain, m_plain, lr_plain), (fast, m_fast, lr_fast) = steps[None], steps["compile"]
+    assert plain.keys() == fast.keys() and len(plain) > 20
+    for k in before:  # the update changed every trained parameter
+        assert not torch.equal(before[k], plain[k]), k
     for k in plain:
         torch.testing.assert_close(fast[k], plain[k], rtol=1e-5, atol=1e-6, msg=k)
     for k in m_plain:

@@ -91,6 +91,18 @@ def test_actor_log_std_clamped_and_mean_tanh(iql):
     assert (mean <= 1).all() and (mean > 0.99).all()
 
 
+def test_actor_mean_is_tanh_of_the_network_output(iql):
+    """At moderate outputs, where tanh and a clamp to [-1, 1] differ (IK `policy.py` puts tanh on the mean)."""
+    actor = iql.Actor(4, 3, 32)
+    with torch.no_grad():
+        actor.net[-1].weight.zero_()
+        actor.net[-1].bias.copy_(torch.tensor([0.5, -0.8, 2.0]))
+    mean, _ = actor(torch.randn(2, 4))
+    # tanh(0.5) = 0.462117, tanh(-0.8) = -0.664037, tanh(2) = 0.964028; a clamp would give 0.5, -0.8, 1.0
+    torch.testing.assert_close(mean, torch.tensor([[0.462117, -0.664037, 0.964028]] * 2), rtol=0, atol=1e-6)
+    torch.testing.assert_close(actor.act(torch.randn(1, 4)), mean[:1])  # evaluation acts with the same mean
+
+
 def test_twin_q_matches_two_separate_mlps(iql):
     critic = iql.TwinQ(5, 2, 16)
     obs, act = torch.randn(7, 5), torch.randn(7, 2)
