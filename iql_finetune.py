@@ -491,10 +491,10 @@ class ReplayBuffer:
 
     def state_dict(self) -> dict:
         """The fill state and what was added online (the dataset part comes back from the data); everything once
-        the buffer has wrapped around."""
+        the buffer has wrapped around. The rows are copied: torch.save of a slice (a view) writes its whole storage."""
         low = self.n_data if self.count < self.capacity else 0
         return {"next": self.next, "count": self.count, "low": low,
-                "rows": {name: x[low:self.count].cpu() for name, x in zip(Batch._fields, self.data)}}
+                "rows": {name: x[low:self.count].to("cpu", copy=True) for name, x in zip(Batch._fields, self.data)}}
 
     def load_state_dict(self, state: dict):
         for name, slot in zip(Batch._fields, self.data):

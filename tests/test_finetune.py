@@ -32,6 +32,18 @@ def test_buffer_prefill_append_and_wrap_around():
     assert buffer.count == 7 and buffer.size.item() == 7 and buffer.next == 2
 
 
+def test_buffer_checkpoint_size_follows_the_online_rows(tmp_path):
+    """The checkpoint holds the rows added online, not the buffer's whole storage (4 MB here)."""
+    buffer = ft.ReplayBuffer(indexed_data(10), capacity=100_000, device="cpu")
+    for r in (10, 11, 12):
+        buffer.add(np.full(3, r), np.zeros(2), float(r), np.full(3, r), 1.0)
+    torch.save(buffer.state_dict(), tmp_path / "buffer.pt")
+    assert (tmp_path / "buffer.pt").stat().st_size < 10_000
+    fresh = ft.ReplayBuffer(indexed_data(10), capacity=100_000, device="cpu")
+    fresh.load_state_dict(torch.load(tmp_path / "buffer.pt"))
+    assert fresh.count == 13 and torch.equal(fresh.data.rewards[:14], torch.arange(14.0) * (torch.arange(14) < 13))
+
+
 def test_buffer_refuses_less_room_than_the_dataset():
     with pytest.raises(ft.UserError, match="smaller than the dataset"):
         ft.ReplayBuffer(indexed_data(10), capacity=9, device="cpu")
