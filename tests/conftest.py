@@ -123,7 +123,8 @@ def maze_root(minari_root):
     """Adds `test/pointmaze/random-v0` (sparse rewards) and `test/pointmaze/dense-v0` to MINARI_DATASETS_PATH."""
     root, buffers = minari_root
     buffers["test/pointmaze/random-v0"] = make_pointmaze_dataset("test/pointmaze/random-v0", 6, seed=7)
-    buffers["test/pointmaze/dense-v0"] = make_pointmaze_dataset("test/pointmaze/dense-v0", 1, seed=8, reward_type="dense")
+    buffers["test/pointmaze/dense-v0"] = make_pointmaze_dataset("test/pointmaze/dense-v0", 1, seed=8,
+                                                                reward_type="dense")
     return root, buffers
 
 

@@ -84,7 +84,8 @@ def test_load_data_rules_on_real_maze_data(maze_root):
     data, dataset, info = maze.load_data(maze.Args(env_id="test/pointmaze/random-v0"), "cpu")
     assert data.observations.shape[1] == 8 and data.actions.shape[1] == 2
     # random walks never reach the goal: every reward is -1 and every transition, truncated ends included, bootstraps
-    assert torch.equal(data.rewards, -torch.ones_like(data.rewards)) and torch.equal(data.masks, torch.ones_like(data.masks))
+    assert torch.equal(data.rewards, -torch.ones_like(data.rewards))
+    assert torch.equal(data.masks, torch.ones_like(data.masks))
     with pytest.raises(maze.UserError, match="dense rewards"):
         maze.load_data(maze.Args(env_id="test/pointmaze/dense-v0"), "cpu")
 
@@ -122,20 +123,21 @@ def test_evaluate_on_real_maze_ends_at_goal(maze_root):
     spec = minari.load_dataset("test/pointmaze/random-v0").recover_environment(eval_env=True).spec
     corridor = [[1, 1, 1, 1], [1, "g", "r", 1], [1, 1, 1, 1]]  # reset one cell from the goal
     envs = maze.make_eval_envs(spec, 3, continuing_task=False, maze_map=corridor)
-    returns, reached = maze.evaluate(GoalSeeker(), envs, [0, 1, 2], "cpu", partial(maze.maze_observations, goal_input=True))
+    observe = partial(maze.maze_observations, goal_input=True)
+    returns, reached = maze.evaluate(GoalSeeker(), envs, [0, 1, 2], "cpu", observe)
     assert reached.all() and reached.dtype == bool
     np.testing.assert_array_equal(returns, [1.0, 1.0, 1.0])  # the episode ends on its first goal reward
     actor = maze.Actor(8, 2, 16)
     with torch.no_grad():
         actor.net[-1].weight.zero_()  # a policy that stands still never succeeds
-    returns, reached = maze.evaluate(actor, envs, [0, 1, 2], "cpu", partial(maze.maze_observations, goal_input=True))
+    returns, reached = maze.evaluate(actor, envs, [0, 1, 2], "cpu", observe)
     assert not reached.any() and returns.sum() == 0
     envs.close()
 
 
 def test_end_to_end_on_tiny_pointmaze(maze_root, tmp_path, capsys):
     run_main("iql_antmaze", tmp_path, "--env-id", "test/pointmaze/random-v0", "--total-steps", "200",
-                     "--eval-freq", "100", "--eval-episodes", "3", "--log-freq", "100", "--hidden-dim", "64", "--save-model",
+             "--eval-freq", "100", "--eval-episodes", "3", "--log-freq", "100", "--hidden-dim", "64", "--save-model",
                      "--exp-name", "e2e", "--no-cuda")
     stdout = capsys.readouterr().out
     assert "continuing_task=False" in stdout and "final (step 200): success rate" in stdout

@@ -11,7 +11,7 @@ import iql_continuous as iql
 
 def test_end_to_end_run_logs_and_saves(minari_root, tmp_path, capsys):
     run_main("iql_continuous", tmp_path, "--env-id", "test/hopper/random-v0", "--total-steps", "300",
-                     "--eval-freq", "150", "--log-freq", "100", "--eval-episodes", "3", "--hidden-dim", "64", "--save-model",
+             "--eval-freq", "150", "--log-freq", "100", "--eval-episodes", "3", "--hidden-dim", "64", "--save-model",
                      "--exp-name", "e2e", "--no-cuda")
     stdout = capsys.readouterr().out
     assert "step      300" in stdout and "normalized" in stdout
