@@ -1,15 +1,13 @@
 """Offline Implicit Q-Learning (IQL) on sparse-reward goal mazes: AntMaze and PointMaze Minari datasets.
 
-Kostrikov, Nair & Levine, "Offline Reinforcement Learning with Implicit Q-Learning", ICLR 2022
-(arXiv 2110.06169). Defaults follow the authors' JAX code (github.com/ikostrikov/implicit_q_learning,
-"IK" below) for AntMaze: expectile 0.9, temperature 10, rewards r - 1, 100 evaluation episodes every 100k updates.
+Kostrikov, Nair & Levine, "Offline Reinforcement Learning with Implicit Q-Learning", ICLR 2022 (arXiv 2110.06169).
+Defaults follow the authors' JAX code (github.com/ikostrikov/implicit_q_learning, "IK" below) for AntMaze:
+expectile 0.9, temperature 10, rewards r - 1, 100 evaluation episodes every 100k updates.
 
     python iql_antmaze.py --env-id antmaze-umaze-v2
-    MINARI_DATASETS_PATH=../shared/datasets python iql_antmaze.py --env-id local/pointmaze/umaze-v0 \
-        --total-steps 30000 --eval-freq 5000 --eval-episodes 20
 
-The update is the same as in iql_continuous.py (the shared code is copied on purpose and tested to stay identical).
-What differs here: observations are dicts (network input = achieved_goal + observation + desired_goal), rewards are
+The update is the one of iql_continuous.py (the shared code is copied on purpose and tested to stay identical).
+What differs: observations are dicts (network input = achieved_goal + observation + desired_goal), rewards are
 shifted to r - 1 with a terminal where r > 0, and evaluation runs episodic mazes scored by success rate.
 
 One update (paper Algorithm 1, IK `learner.py`):
@@ -19,11 +17,14 @@ One update (paper Algorithm 1, IK `learner.py`):
   4. Q_targ <- Polyak average of Q
 """
 
+import contextlib
 import copy
+import io
 import math
 import os
 import random
 import re
+import shlex
 import signal
 import sys
 import time
@@ -32,50 +33,47 @@ from functools import partial
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 
-import contextlib
-import io
-
 import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn as nn
 import tyro
 
-with contextlib.redirect_stderr(io.StringIO()):  # hush a notice about Adroit reward versions printed on import
-    import gymnasium_robotics
-gym.register_envs(gymnasium_robotics)  # AntMaze_* and PointMaze_* envs
+try:
+    with contextlib.redirect_stderr(io.StringIO()):  # hush a notice about Adroit reward versions printed on import
+        import gymnasium_robotics  # AntMaze_* and PointMaze_* envs
+except (ImportError, AttributeError) as e:  # MuJoCo's renderer could not load the library MUJOCO_GL names
+    sys.exit(f"error: importing gymnasium_robotics failed ({type(e).__name__}: {e}) with MUJOCO_GL="
+             f"{os.environ.get('MUJOCO_GL')}: set MUJOCO_GL=egl, or install that OpenGL library")
+gym.register_envs(gymnasium_robotics)
 
 
 @dataclass
 class Args:
-    # --- experiment ---
+    """Offline IQL on a goal-maze dataset (AntMaze, PointMaze; a D4RL name or a Minari id), scored by success."""
+
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
     """the name of this experiment (part of the run name)"""
     seed: int = 1
     """seed of the experiment (torch, numpy, random, evaluation episodes)"""
     torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True` (CleanRL's flag; these MLPs use no cuDNN kernels, so it
-    changes nothing here, and CPU runs are deterministic anyway)"""
+    """if toggled, `torch.backends.cudnn.deterministic=True` (CleanRL's flag; no cuDNN kernel runs here)"""
     cuda: bool = True
     """if toggled, train on the GPU when one is available"""
     track: bool = False
-    """if toggled, log to Weights & Biases (imported only then)"""
+    """if toggled, log to Weights & Biases"""
     wandb_project_name: str = "iql"
     """the Weights & Biases project name"""
     wandb_entity: Optional[str] = None
     """the Weights & Biases entity (team)"""
     capture_video: bool = False
-    """if toggled, record the evaluation episodes of the first env under `videos/{run_name}`"""
+    """if toggled, record the first evaluation episode of each evaluation under `videos/{run_name}`"""
     save_model: bool = False
     """if toggled, save every network and the Args to `runs/{run_name}/{exp_name}.pt` at the end"""
-
-    # --- data ---
     env_id: str = "antmaze-umaze-v2"
     """a D4RL name (antmaze-*-v0/v2, maze2d-*-v1) or any Minari dataset id `namespace/name-vN` with maze observations"""
     goal_input: bool = True
     """append desired_goal to the network input (--no-goal-input: D4RL's input, achieved_goal + observation)"""
-
-    # --- algorithm ---
     total_steps: int = 1_000_000
     """number of gradient updates"""
     batch_size: int = 256
@@ -97,11 +95,9 @@ class Args:
     hidden_dim: int = 256
     """units in each of the two hidden layers of every network"""
     compile: bool = False
-    """if toggled, run the update through `torch.compile`"""
+    """if toggled, run the losses through `torch.compile`"""
     cudagraphs: bool = False
     """if toggled (CUDA only), capture one update in a CUDA graph and replay it every step"""
-
-    # --- evaluation and logging ---
     eval_freq: int = 100_000
     """evaluate every this many updates (and at the end)"""
     eval_episodes: int = 100
@@ -109,193 +105,14 @@ class Args:
     log_freq: int = 1000
     """copy the losses off the device and log them every this many updates"""
     checkpoint_freq: int = 100_000
-    """save the whole training state to `runs/{run_name}/checkpoint_{step}.pt` every this many updates and at the
-    end (0: never, except on SIGINT/SIGTERM)"""
+    """save the training state to `runs/{run_name}/checkpoint_{step}.pt` every this many updates and at the end (0:
+    only on a stop signal)"""
     resume: Optional[str] = None
     """a checkpoint_{step}.pt file: continue its run (its settings but the device flags, its folder) from that step"""
 
-
-# D4RL maze names -> Minari ids (SPEC section 5). Minari's AntMaze "play"/"diverse" data differ from D4RL's.
-ANTMAZE_MAPS = ("umaze", "umaze-diverse", "medium-play", "medium-diverse", "large-play", "large-diverse")
-POINTMAZE_MAPS = ("umaze", "medium", "large")  # sparse rewards only: the terminal rule needs 0/1 rewards
-MAZE_KEYS = {"observation", "achieved_goal", "desired_goal"}
-MINARI_ID = re.compile(r"^[\w.-]+(/[\w.-]+)*/[\w.-]+-v\d+$")
-
-# Hyperparameters per domain (SPEC section 2, IK `configs/`). A field left at None takes its domain's value;
-# a flag the user sets always wins (--dropout 0 turns dropout off).
-DOMAIN_DEFAULTS = {
-    "locomotion": {"expectile": 0.7, "temperature": 3.0, "dropout": None},
-    "maze": {"expectile": 0.9, "temperature": 10.0, "dropout": None},
-    "adroit": {"expectile": 0.7, "temperature": 0.5, "dropout": 0.1},
-    "kitchen": {"expectile": 0.7, "temperature": 0.5, "dropout": 0.1},
-}
-
-
-class UserError(Exception):
-    """A mistake in the command line or the data set-up: reported as one line, without a traceback."""
-
-
-def check_args(args: Args):
-    """Reject values the algorithm cannot use, before any heavy work."""
-    if args.expectile is not None and not 0 < args.expectile < 1:
-        raise UserError(f"--expectile must be in (0, 1), got {args.expectile}")
-    if args.temperature is not None and args.temperature < 0:
-        raise UserError(f"--temperature must be >= 0 (0 is behaviour cloning), got {args.temperature}")
-    if args.cudagraphs and not (args.cuda and torch.cuda.is_available()):
-        raise UserError("--cudagraphs needs a CUDA device (and --cuda)")
-    if args.track:
-        try:
-            import wandb  # noqa: F401
-        except ImportError:
-            raise UserError("--track needs Weights & Biases: pip install wandb") from None
-    if args.dropout is not None and not 0 <= args.dropout < 1:
-        raise UserError(f"--dropout must be in [0, 1), got {args.dropout}")
-    if not 0 <= args.gamma <= 1:
-        raise UserError(f"--gamma must be in [0, 1], got {args.gamma}")
-    if not 0 < args.tau <= 1:
-        raise UserError(f"--tau must be in (0, 1], got {args.tau}")
-    for name in ("learning_rate", "max_weight"):
-        if getattr(args, name) <= 0:
-            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.checkpoint_freq < 0:
-        raise UserError(f"--checkpoint-freq must be >= 0 (0: no periodic checkpoints), got {args.checkpoint_freq}")
-    if args.resume is not None and not Path(args.resume).is_file():
-        raise UserError(f"--resume {args.resume}: no such file")
-    for name in ("total_steps", "batch_size", "eval_freq", "eval_episodes", "log_freq", "hidden_dim"):
-        if getattr(args, name) <= 0:
-            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-
-
-def env_domain(env_name: str) -> Optional[str]:
-    """The domain of an env, from the name in its spec id (not from the dataset id): Hopper, HalfCheetah,
-    Walker2d -> locomotion; AdroitHand* -> adroit; FrankaKitchen* -> kitchen; *Maze* -> maze; else None."""
-    if env_name in ("Hopper", "HalfCheetah", "Walker2d"):
-        return "locomotion"
-    if env_name.startswith("AdroitHand"):
-        return "adroit"
-    if env_name.startswith("FrankaKitchen"):
-        return "kitchen"
-    return "maze" if "Maze" in env_name else None
-
-
-def with_domain_defaults(args: Args, domain: str):
-    """Fill the hyperparameters left unset (None) from DOMAIN_DEFAULTS[domain]. Returns the new Args and one
-    printable line per hyperparameter: its value and where it came from."""
-    values, lines = {}, []
-    for name, default in DOMAIN_DEFAULTS[domain].items():
-        given = getattr(args, name)
-        values[name] = default if given is None else given
-        source = f"{domain} default" if given is None else f"flag (the {domain} default is {default})"
-        lines.append(f"  {name:<12} {values[name]!s:<6} {source}")
-    return replace(args, **values), lines
-
-
 # ----------------------------------------------------------------------------------------------
-# Data
+# Losses (pure functions of tensors)
 # ----------------------------------------------------------------------------------------------
-def resolve_dataset_ids(env_id: str) -> list[str]:
-    """Map a D4RL maze name to its Minari id, or pass a Minari id through."""
-    m = re.fullmatch(r"antmaze-([a-z-]+)-v(\d)", env_id)
-    if m and m.group(1) in ANTMAZE_MAPS:
-        if m.group(2) in ("0", "2"):
-            return [f"D4RL/antmaze/{m.group(1)}-v1"]
-        raise UserError(f"'{env_id}' has no Minari counterpart: Minari ports D4RL's antmaze -v0/-v2 data as "
-                        f"D4RL/antmaze/{m.group(1)}-v1; use antmaze-{m.group(1)}-v2.")
-    m = re.fullmatch(r"maze2d-([a-z-]+)-v(\d)", env_id)
-    if m:
-        if m.group(1) in POINTMAZE_MAPS and m.group(2) == "1":
-            return [f"D4RL/pointmaze/{m.group(1)}-v2"]
-        raise UserError(f"'{env_id}' has no Minari counterpart mapped here. Mapped: maze2d-{{{','.join(POINTMAZE_MAPS)}}}"
-                        "-v1; other Minari PointMaze data can be passed by id (e.g. D4RL/pointmaze/open-v2).")
-    if "/" in env_id and MINARI_ID.match(env_id):
-        return [env_id]
-    if re.fullmatch(r"(halfcheetah|hopper|walker2d|pen|door|hammer|relocate|kitchen)-.*", env_id):
-        raise UserError(f"'{env_id}' is not a maze dataset: use iql_continuous.py for it.")
-    raise UserError(
-        f"unknown env id '{env_id}'. Use antmaze-{{{','.join(ANTMAZE_MAPS)}}}-v2, maze2d-{{umaze,medium,large}}-v1, "
-        "or a Minari dataset id namespace/name-vN (e.g. D4RL/antmaze/umaze-v1)."
-    )
-
-
-def load_minari_dataset(dataset_id: str):
-    """Load a dataset from MINARI_DATASETS_PATH, downloading it if it is not there."""
-    import minari
-
-    root = Path(os.environ.get("MINARI_DATASETS_PATH", Path.home() / ".minari" / "datasets"))
-    if (root / dataset_id / "data").is_dir():
-        try:
-            return minari.load_dataset(dataset_id)
-        except Exception as e:  # a truncated download or a corrupt file
-            raise UserError(f"cannot read dataset '{dataset_id}' from {root / dataset_id / 'data'} ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:150]}); delete that folder and download it again") from None
-    print(f"{dataset_id} is not in {root}: downloading it (HF_HUB_OFFLINE=1 skips the attempt) ...", flush=True)
-    try:
-        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
-            raise ConnectionError("HF_HUB_OFFLINE is set")
-        from huggingface_hub.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()  # one message below instead of one per retry
-        return minari.load_dataset(dataset_id, download=True)
-    except Exception as e:  # no network, no huggingface_hub, or not on the server
-        reason = f"{type(e).__name__}: {str(e).splitlines()[0][:150]}" if str(e) else type(e).__name__
-        raise UserError(
-            f"dataset '{dataset_id}' is not in {root} (MINARI_DATASETS_PATH) and could not be downloaded "
-            f"({reason}). On a machine with network run `minari download {dataset_id}` and copy "
-            f"{root / dataset_id} here, or point MINARI_DATASETS_PATH at the folder that holds it."
-        ) from None
-
-
-def maze_observations(obs: dict, goal_input: bool) -> np.ndarray:
-    """The network input: concat(achieved_goal, observation), plus desired_goal unless goal_input is False.
-    For AntMaze that is D4RL's 29-dim layout (xy first); PointMaze's observation already holds xy, so its xy
-    appears twice. Minari's maze goals can change between episodes and the rewards follow each episode's own
-    goal, so without the goal the value of a state is ambiguous."""
-    parts = [obs["achieved_goal"], obs["observation"]] + ([obs["desired_goal"]] if goal_input else [])
-    return np.concatenate(parts, axis=-1, dtype=np.float32)
-
-
-def maze_rewards_and_terminals(rewards: np.ndarray):
-    """IK's AntMaze rewards r - 1 (sparse 0/1 becomes -1/0), and a terminal wherever the goal reward was
-    received (r > 0), as D4RL's AntMaze terminals are. Minari's maze data have no terminations of their own."""
-    return (rewards - 1.0).astype(np.float32), rewards > 0
-
-
-def flatten_maze_episodes(episodes, goal_input: bool) -> dict[str, np.ndarray]:
-    """Turn Minari maze episodes (dict observations, T+1 of them) into aligned transition arrays.
-    Truncated transitions are kept: their next observation is real, so they bootstrap."""
-    parts = {k: [] for k in ("observations", "actions", "rewards", "next_observations")}
-    for ep in episodes:
-        obs = maze_observations(ep.observations, goal_input)
-        parts["observations"].append(obs[:-1])
-        parts["next_observations"].append(obs[1:])
-        parts["actions"].append(ep.actions)
-        parts["rewards"].append(ep.rewards)
-    data = {k: np.concatenate(v, dtype=np.float32) for k, v in parts.items()}
-    data["rewards"], data["terminals"] = maze_rewards_and_terminals(data["rewards"])
-    # IK clips dataset actions so that log-probs stay finite near the bounds (an infinite one is left for check_data).
-    np.clip(data["actions"], -1 + 1e-5, 1 - 1e-5, out=data["actions"], where=np.isfinite(data["actions"]))
-    return data
-
-
-def read_episodes(datasets):
-    """Every episode of the datasets, in order; a truncated or corrupt data file is reported by name."""
-    for dataset in datasets:
-        try:
-            yield from dataset.iterate_episodes()
-        except OSError as e:
-            raise UserError(f"cannot read {dataset.spec.data_path} ({type(e).__name__}: {str(e).splitlines()[0][:150]});"
-                            " delete that folder and download the dataset again") from None
-
-
-def check_data(data: dict, env_id: str):
-    """Refuse NaN or infinite values in the dataset: one of them turns every loss into NaN within a few updates."""
-    for key in ("observations", "next_observations", "actions", "rewards"):
-        bad = ~np.isfinite(data[key]).reshape(len(data[key]), -1).all(axis=1)
-        if bad.any():
-            raise UserError(f"dataset '{env_id}' has NaN or infinite {key} ({bad.sum()} transitions, the first "
-                            f"at index {bad.argmax()}): clean the data or choose another dataset")
-
-
 class Batch(NamedTuple):
     observations: torch.Tensor
     actions: torch.Tensor
@@ -304,46 +121,6 @@ class Batch(NamedTuple):
     masks: torch.Tensor  # 1 - terminal: 0 stops bootstrapping; truncations keep 1
 
 
-def sample_batch(data: Batch, batch_size: int) -> Batch:
-    """Uniform minibatch; the indices are drawn on the data's device (no host round trip)."""
-    idx = torch.randint(len(data.rewards), (batch_size,), device=data.rewards.device)
-    return Batch(*(x[idx] for x in data))
-
-
-def load_data(args: Args, device):
-    """Load, flatten and transform the dataset; returns (Batch on device, the dataset, info dict)."""
-    dataset_ids = resolve_dataset_ids(args.env_id)
-    datasets = [load_minari_dataset(i) for i in dataset_ids]
-    first = datasets[0]
-    space = first.observation_space
-    domain = env_domain(first.env_spec.name if first.env_spec is not None else "")
-    if domain in ("locomotion", "adroit", "kitchen"):
-        raise UserError(f"'{args.env_id}' is {'an' if domain == 'adroit' else 'a'} {domain} dataset: "
-                        "use iql_continuous.py for it.")
-    if not isinstance(space, gym.spaces.Dict):
-        raise UserError(f"'{args.env_id}' has flat observations: use iql_continuous.py for it.")
-    if not MAZE_KEYS <= set(space.spaces):
-        raise UserError(f"'{args.env_id}' has dict observations without {sorted(MAZE_KEYS)} "
-                        f"(it has {sorted(space.spaces)}): this script takes maze datasets.")
-    if first.env_spec is not None and first.env_spec.kwargs.get("reward_type") == "dense":
-        raise UserError(f"'{args.env_id}' has dense rewards; this script's terminal rule (r > 0 at the goal) "
-                        "needs the sparse 0/1 maze rewards that IQL's AntMaze setting uses.")
-    data = flatten_maze_episodes(read_episodes(datasets), args.goal_input)
-    check_data(data, args.env_id)
-    batch = Batch(
-        observations=torch.from_numpy(data["observations"]),
-        actions=torch.from_numpy(data["actions"]),
-        rewards=torch.from_numpy(data["rewards"]),
-        next_observations=torch.from_numpy(data["next_observations"]),
-        masks=torch.from_numpy(1.0 - data["terminals"].astype(np.float32)),
-    )
-    info = {"dataset_ids": dataset_ids, "goal_fraction": float(data["terminals"].mean())}
-    return Batch(*(x.to(device) for x in batch)), first, info
-
-
-# ----------------------------------------------------------------------------------------------
-# Losses (pure functions of tensors)
-# ----------------------------------------------------------------------------------------------
 def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
     """Asymmetric L2 of paper eq. 5: weight `expectile` where diff = q - v > 0, `1 - expectile` elsewhere."""
     weight = torch.where(diff > 0, expectile, 1 - expectile)
@@ -384,9 +161,7 @@ def cosine_decay(step: int, total_steps: int) -> float:
 def mlp(in_dim: int, out_dim: int, hidden_dim: int, dropout: Optional[float] = None) -> nn.Sequential:
     layers = []
     for d_in in (in_dim, hidden_dim):
-        layers += [nn.Linear(d_in, hidden_dim), nn.ReLU()]
-        if dropout:
-            layers.append(nn.Dropout(dropout))
+        layers += [nn.Linear(d_in, hidden_dim), nn.ReLU()] + ([nn.Dropout(dropout)] if dropout else [])
     layers.append(nn.Linear(hidden_dim, out_dim))
     for layer in layers:
         if isinstance(layer, nn.Linear):
@@ -402,8 +177,7 @@ class TwinQ(nn.Module):
     def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, num_q: int = 2):
         super().__init__()
         sizes = [obs_dim + act_dim, hidden_dim, hidden_dim, 1]
-        self.weights = nn.ParameterList()
-        self.biases = nn.ParameterList()
+        self.weights, self.biases = nn.ParameterList(), nn.ParameterList()
         for d_in, d_out in zip(sizes[:-1], sizes[1:]):
             # orthogonal_ on each critic's (out, in) matrix, as nn.Linear stores it, then transposed for bmm
             w = torch.stack([nn.init.orthogonal_(torch.empty(d_out, d_in), gain=math.sqrt(2)).T for _ in range(num_q)])
@@ -414,8 +188,7 @@ class TwinQ(nn.Module):
         x = torch.cat([obs, actions], -1).expand(len(self.weights[0]), -1, -1)
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             x = torch.baddbmm(b, x, w)
-            if i < len(self.weights) - 1:
-                x = torch.relu(x)
+            x = torch.relu(x) if i < len(self.weights) - 1 else x
         return x.squeeze(-1)
 
 
@@ -447,8 +220,7 @@ class Actor(nn.Module):
     @torch.no_grad()
     def act(self, obs: torch.Tensor) -> torch.Tensor:
         """Deterministic evaluation action: the mean, clipped to [-1, 1]. Call `.eval()` first if there is dropout."""
-        mean, _ = self(obs)
-        return mean.clamp(-1.0, 1.0)
+        return self(obs)[0].clamp(-1.0, 1.0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -488,13 +260,9 @@ def update(batch: Batch, actor, critic, target_critic, value, actor_opt, critic_
     with torch.no_grad():
         torch._foreach_lerp_(list(target_critic.parameters()), list(critic.parameters()), args.tau)
 
-    return {
-        "losses/value_loss": value_loss.detach(),
-        "losses/actor_loss": actor_loss.detach(),
-        "losses/q_loss": critic_loss.detach(),
-        "charts/advantage_mean": advantage.mean(),
-        "charts/weight_mean": weights.mean(),
-    }
+    return {"losses/value_loss": value_loss.detach(), "losses/actor_loss": actor_loss.detach(),
+            "losses/q_loss": critic_loss.detach(), "charts/advantage_mean": advantage.mean(),
+            "charts/weight_mean": weights.mean()}
 
 
 class Networks(NamedTuple):
@@ -507,43 +275,32 @@ class Networks(NamedTuple):
 
 
 def make_networks(obs_dim: int, act_dim: int, args: Args, device, lr_decay_steps: Optional[int]) -> Networks:
-    """The actor, twin critics, their target copy, the value, their Adam optimisers and the actor's schedule:
-    a cosine from the learning rate to 0 over `lr_decay_steps` updates, or constant where that is None."""
+    """The networks, their Adam optimisers (torch defaults: IK has no weight decay or clipping) and the actor's
+    schedule: a cosine from the learning rate to 0 over `lr_decay_steps` updates, or constant where that is None."""
     device = torch.device(device)
     actor = Actor(obs_dim, act_dim, args.hidden_dim, args.dropout).to(device)
     critic = TwinQ(obs_dim, act_dim, args.hidden_dim).to(device)
     target_critic = copy.deepcopy(critic).requires_grad_(False)
     value = Value(obs_dim, args.hidden_dim).to(device)
-
-    # Adam with torch defaults (IK: no weight decay, no clipping), fused kernels. The learning rate is a tensor
-    # that the schedule fills in place, so a captured CUDA graph sees each new value.
-    def adam(module):
-        lr = torch.tensor(args.learning_rate, device=device)
-        return torch.optim.Adam(module.parameters(), lr=lr, fused=True, capturable=device.type == "cuda")
-
-    optimizers = (adam(actor), adam(critic), adam(value))
+    # Fused kernels; each learning rate is a tensor that the schedule fills in place, so a CUDA graph sees it change.
+    optimizers = tuple(torch.optim.Adam(m.parameters(), lr=torch.tensor(args.learning_rate, device=device), fused=True,
+                                        capturable=device.type == "cuda") for m in (actor, critic, value))
     decay = (lambda t: cosine_decay(t, lr_decay_steps)) if lr_decay_steps else (lambda t: 1.0)
-    actor_schedule = torch.optim.lr_scheduler.LambdaLR(optimizers[0], decay)
-    return Networks(actor, critic, target_critic, value, optimizers, actor_schedule)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizers[0], decay)
+    return Networks(actor, critic, target_critic, value, optimizers, schedule)
 
 
 def make_train_step(sample: Callable[[], Batch], networks: Networks, args: Args, mode: Optional[str] = None):
-    """step() draws a batch with sample(), runs one update and advances the actor's schedule; it returns the
-    metrics (tensors).
-
-    mode None runs eagerly, "compile" through torch.compile, "cudagraphs" replays a captured CUDA graph, and
-    "compile+cudagraphs" captures the compiled losses (fused kernels) in the graph.
-    """
+    """step() draws a batch with sample(), runs one update, advances the actor's schedule and returns the metrics
+    (tensors on the device). mode None runs eagerly, "compile" through torch.compile, "cudagraphs" replays a
+    captured CUDA graph, "compile+cudagraphs" captures the compiled losses in the graph."""
     actor, critic, target_critic, value, optimizers, actor_schedule = networks
 
     def sample_and_update():
         return update(sample(), actor, critic, target_critic, value, *optimizers, args)
 
-    fn = sample_and_update
-    if mode in ("compile", "compile+cudagraphs"):
-        fn = torch.compile(fn)
-    if mode in ("cudagraphs", "compile+cudagraphs"):
-        fn = cuda_graph(fn)
+    fn = torch.compile(sample_and_update) if mode in ("compile", "compile+cudagraphs") else sample_and_update
+    fn = cuda_graph(fn) if mode in ("cudagraphs", "compile+cudagraphs") else fn
 
     def step():
         metrics = fn()
@@ -585,108 +342,218 @@ def cuda_graph(fn, warmup: int = 3):
     return call
 
 
-def progress_line(step: int, total: int, rate: float, last_eval: str) -> str:
-    """The line every script prints at each log step."""
-    eta = int((total - step) / max(rate, 1e-9))
-    return (f"step {step:,}/{total:,}  {rate:.0f} updates/s  ETA {eta // 3600}h{eta % 3600 // 60:02d}m{eta % 60:02d}s  "
-            f"last evaluation: {last_eval}")
-
-
-def check_finite(losses: dict, step: int):
-    """Stop a run whose losses became NaN or infinite (checked at log steps only: no extra host sync)."""
-    bad = [f"{tag} = {v}" for tag, v in losses.items() if not math.isfinite(v)]
-    if bad:
-        raise UserError(f"step {step:,}: {', '.join(bad)}; the run diverged (try a lower --learning-rate, "
-                        "or check the data for extreme values)")
-
 
 # ----------------------------------------------------------------------------------------------
-# Training state: checkpoints that resume exactly, and a clean stop on SIGINT / SIGTERM
+# Data: D4RL maze names, maze observations and rewards -> transition tensors
 # ----------------------------------------------------------------------------------------------
-def save_state(path: str, step: int, networks: Networks, args: Args, eval_rng, evaluations: list,
-               extra: Optional[dict] = None) -> str:
-    """Every network, optimiser and schedule, the step, the evaluations so far, every random generator and what
-    the script adds in `extra`, so that a resumed run continues exactly. Written to a temporary file, then renamed:
-    an interrupted write never leaves a broken checkpoint behind."""
-    state = {"script": os.path.basename(__file__), "step": step, "args": asdict(args), "evaluations": evaluations,
-             **(extra or {}),
-             **{name: getattr(networks, name).state_dict() for name in ("actor", "critic", "target_critic", "value")},
-             "optimizers": [opt.state_dict() for opt in networks.optimizers],
-             "actor_schedule": networks.actor_schedule.state_dict(),
-             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                     "eval": eval_rng.bit_generator.state}}
-    torch.save(state, path + ".tmp")
-    os.replace(path + ".tmp", path)
-    return path
+# D4RL maze names -> Minari ids. Minari's AntMaze "play"/"diverse" data differ from D4RL's.
+ANTMAZE_MAPS = ("umaze", "umaze-diverse", "medium-play", "medium-diverse", "large-play", "large-diverse")
+POINTMAZE_MAPS = ("umaze", "medium", "large")  # sparse rewards only: the terminal rule needs 0/1 rewards
+MAZE_KEYS = {"observation", "achieved_goal", "desired_goal"}
+MINARI_ID = re.compile(r"^[\w.-]+(/[\w.-]+)*/[\w.-]+-v\d+$")
+DOMAIN_DEFAULTS = {
+    "locomotion": {"expectile": 0.7, "temperature": 3.0, "dropout": None},
+    "maze": {"expectile": 0.9, "temperature": 10.0, "dropout": None},
+    "adroit": {"expectile": 0.7, "temperature": 0.5, "dropout": 0.1},
+    "kitchen": {"expectile": 0.7, "temperature": 0.5, "dropout": 0.1},
+}
 
 
-def read_state(path: str) -> dict:
+class UserError(Exception):
+    """A mistake in the command line or the data set-up: reported as one line, without a traceback."""
+
+
+def check_args(args: Args):
+    """Refuse values the algorithm cannot use, before any heavy work."""
+    rules = [(args.expectile is None or 0 < args.expectile < 1, f"--expectile must be in (0, 1), got {args.expectile}"),
+             (args.temperature is None or args.temperature >= 0,
+              f"--temperature must be >= 0 (0 is behaviour cloning), got {args.temperature}"),
+             (args.dropout is None or 0 <= args.dropout < 1, f"--dropout must be in [0, 1), got {args.dropout}"),
+             (0 <= args.gamma <= 1, f"--gamma must be in [0, 1], got {args.gamma}"),
+             (0 < args.tau <= 1, f"--tau must be in (0, 1], got {args.tau}"),
+             (args.checkpoint_freq >= 0, f"--checkpoint-freq must be >= 0, got {args.checkpoint_freq}"),
+             (not args.cudagraphs or (args.cuda and torch.cuda.is_available()), "--cudagraphs needs a CUDA device"),
+             (args.resume is None or Path(args.resume).is_file(), f"--resume {args.resume}: no such file")]
+    rules += [(getattr(args, n) > 0, f"--{n.replace('_', '-')} must be positive, got {getattr(args, n)}") for n in (
+        "learning_rate", "max_weight", "total_steps", "batch_size", "eval_freq", "eval_episodes", "log_freq", "hidden_dim")]
+    for ok, message in rules:
+        if not ok:
+            raise UserError(message)
+    if args.track:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise UserError("--track needs Weights & Biases: pip install wandb") from None
+
+
+def env_domain(env_name: str) -> Optional[str]:
+    """The domain from the env's spec name (not the dataset id): Hopper, HalfCheetah, Walker2d -> locomotion;
+    AdroitHand* -> adroit; FrankaKitchen* -> kitchen; *Maze* -> maze; else None."""
+    if env_name in ("Hopper", "HalfCheetah", "Walker2d"):
+        return "locomotion"
+    if env_name.startswith("AdroitHand"):
+        return "adroit"
+    if env_name.startswith("FrankaKitchen"):
+        return "kitchen"
+    return "maze" if "Maze" in env_name else None
+
+
+def with_domain_defaults(args: Args, domain: str):
+    """Fill the hyperparameters left unset (None) from DOMAIN_DEFAULTS[domain]. Returns the new Args and one
+    printable line per hyperparameter: its value and where it came from."""
+    values, lines = {}, []
+    for name, default in DOMAIN_DEFAULTS[domain].items():
+        given = getattr(args, name)
+        values[name] = default if given is None else given
+        source = f"{domain} default" if given is None else f"flag (the {domain} default is {default})"
+        lines.append(f"  {name:<12} {values[name]!s:<6} {source}")
+    return replace(args, **values), lines
+
+
+def resolve_dataset_ids(env_id: str) -> list[str]:
+    """Map a D4RL maze name to its Minari id, or pass a Minari id through."""
+    m = re.fullmatch(r"antmaze-([a-z-]+)-v(\d)", env_id)
+    if m and m.group(1) in ANTMAZE_MAPS:
+        if m.group(2) in ("0", "2"):
+            return [f"D4RL/antmaze/{m.group(1)}-v1"]
+        raise UserError(f"'{env_id}' has no Minari counterpart: Minari ports D4RL's antmaze -v0/-v2 data as "
+                        f"D4RL/antmaze/{m.group(1)}-v1; use antmaze-{m.group(1)}-v2.")
+    m = re.fullmatch(r"maze2d-([a-z-]+)-v(\d)", env_id)
+    if m:
+        if m.group(1) in POINTMAZE_MAPS and m.group(2) == "1":
+            return [f"D4RL/pointmaze/{m.group(1)}-v2"]
+        raise UserError(f"'{env_id}' has no Minari counterpart mapped here. Mapped: maze2d-{{{','.join(POINTMAZE_MAPS)}"
+                        "}-v1; other Minari PointMaze data can be passed by id (e.g. D4RL/pointmaze/open-v2).")
+    if "/" in env_id and MINARI_ID.match(env_id):
+        return [env_id]
+    if re.fullmatch(r"(halfcheetah|hopper|walker2d|pen|door|hammer|relocate|kitchen)-.*", env_id):
+        raise UserError(f"'{env_id}' is not a maze dataset: use iql_continuous.py for it.")
+    raise UserError(f"unknown env id '{env_id}'. Use antmaze-{{{','.join(ANTMAZE_MAPS)}}}-v2, maze2d-{{umaze,medium,"
+                    "large}-v1, or a Minari dataset id namespace/name-vN (e.g. D4RL/antmaze/umaze-v1).")
+
+
+def first_line(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:150]}" if str(e) else type(e).__name__
+
+
+def load_minari_dataset(dataset_id: str):
+    """Load a dataset from MINARI_DATASETS_PATH (default ~/.minari/datasets), downloading it if it is not there."""
+    import minari
+
+    if os.environ.get("MINARI_DATASETS_PATH") == "":
+        raise UserError("MINARI_DATASETS_PATH is set but empty: unset it (~/.minari/datasets) or name a folder")
+    root = Path(os.environ.get("MINARI_DATASETS_PATH", Path.home() / ".minari" / "datasets"))
+    if (root / dataset_id / "data").is_dir():
+        try:
+            return minari.load_dataset(dataset_id)
+        except Exception as e:  # a truncated download or a corrupt file
+            raise UserError(f"cannot read dataset '{dataset_id}' from {root / dataset_id / 'data'} ({first_line(e)});"
+                            " delete that folder and download it again") from None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)  # our own file: numpy RNG states inside
-    except Exception as e:
-        raise UserError(f"cannot read checkpoint {path} ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
-    if not isinstance(state, dict) or not {"step", "args", "rng", "optimizers"} <= set(state):
-        raise UserError(f"{path} is not a checkpoint_{{step}}.pt file of this script (--save-model files cannot resume)")
-    script = os.path.basename(__file__)
-    if state.get("script", script) != script:  # older checkpoints carry no name: their settings are checked below
-        raise UserError(f"{path} was written by {state['script']}, not {script}: resume it with {state['script']}")
-    unknown = sorted(set(state["args"]) - {f.name for f in fields(Args)})
-    if unknown:
-        raise UserError(f"{path} has settings {script} does not know ({', '.join(unknown)}): it was written by "
-                        "another script or another version of this one")
-    return state
+        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+            raise ConnectionError("HF_HUB_OFFLINE is set")
+        print(f"{dataset_id} is not in {root}: downloading it (HF_HUB_OFFLINE=1 skips the attempt) ...", flush=True)
+        from huggingface_hub.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()  # one message below instead of one per retry
+        return minari.load_dataset(dataset_id, download=True)
+    except Exception as e:  # no network, no huggingface_hub, or not on the server
+        folder = root / dataset_id.rsplit("/", 1)[0]
+        there = sorted(str(p.parent.relative_to(root)) for p in folder.glob("*/data")) if folder.is_dir() else []
+        raise UserError(f"dataset '{dataset_id}' is not in {root} (MINARI_DATASETS_PATH) and could not be downloaded "
+                        f"({first_line(e)}). " + (f"Datasets in {folder}: {', '.join(there)}." if there else
+                        f"On a machine with network run `minari download {dataset_id}` and copy {root / dataset_id} "
+                        "here, or point MINARI_DATASETS_PATH at the folder that holds it.")) from None
 
 
-def restore_state(state: dict, networks: Networks, eval_rng) -> tuple[int, list]:
-    """Load a read_state() dict into the networks, optimisers, schedule and random generators; returns
-    (step, evaluations so far)."""
-    try:
-        for name in ("actor", "critic", "target_critic", "value"):
-            getattr(networks, name).load_state_dict(state[name])
-    except RuntimeError as e:
-        raise UserError(f"the checkpoint does not fit these networks ({' '.join(str(e).split())[:150]})") from None
-    for opt, saved in zip(networks.optimizers, state["optimizers"]):
-        lrs = [group["lr"] for group in opt.param_groups]
-        opt.load_state_dict(saved)
-        # load_state_dict puts the checkpoint's (CPU) learning-rate tensors in the groups: put back this run's device
-        # tensors, with the saved values, so that the schedule still updates what a captured CUDA graph reads
-        for group, lr in zip(opt.param_groups, lrs):
-            group["lr"] = lr.fill_(float(group["lr"]))
-    networks.actor_schedule.load_state_dict(state["actor_schedule"])
-    rng = state["rng"]
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    np.random.set_state(rng["numpy"])
-    random.setstate(rng["python"])
-    eval_rng.bit_generator.state = rng["eval"]
-    return state["step"], state["evaluations"]
+def maze_observations(obs: dict, goal_input: bool) -> np.ndarray:
+    """The network input: concat(achieved_goal, observation), plus desired_goal unless goal_input is False.
+    For AntMaze that is D4RL's 29-dim layout (xy first); PointMaze's observation already holds xy, so its xy
+    appears twice. Minari's maze goals can change between episodes and the rewards follow each episode's own
+    goal, so without the goal the value of a state is ambiguous."""
+    parts = [obs["achieved_goal"], obs["observation"]] + ([obs["desired_goal"]] if goal_input else [])
+    return np.concatenate(parts, axis=-1, dtype=np.float32)
 
 
-STOPPED = 75  # exit status of a run stopped by a signal after saving a checkpoint (sysexits' EX_TEMPFAIL: retry)
+def maze_rewards_and_terminals(rewards: np.ndarray):
+    """IK's AntMaze rewards r - 1 (sparse 0/1 becomes -1/0), and a terminal wherever the goal reward was
+    received (r > 0), as D4RL's AntMaze terminals are. Minari's maze data have no terminations of their own."""
+    return (rewards - 1.0).astype(np.float32), rewards > 0
 
 
-class StopSignal:
-    """SIGINT (Ctrl-C), SIGTERM (a cluster's pre-emption) and SIGUSR1/SIGUSR2 (what SLURM's `--signal` sends ahead of
-    a time limit) set a flag instead of killing the run: the loop saves a checkpoint at the next step boundary and
-    exits (status STOPPED) with the command that resumes it. At the last step the run simply finishes."""
+def flatten_maze_episodes(episodes, goal_input: bool) -> dict[str, np.ndarray]:
+    """Turn Minari maze episodes (dict observations, T+1 of them) into aligned transition arrays.
+    Truncated transitions are kept: their next observation is real, so they bootstrap."""
+    parts = {k: [] for k in ("observations", "actions", "rewards", "next_observations")}
+    for ep in episodes:
+        obs = maze_observations(ep.observations, goal_input)
+        parts["observations"].append(obs[:-1])
+        parts["next_observations"].append(obs[1:])
+        parts["actions"].append(ep.actions)
+        parts["rewards"].append(ep.rewards)
+    data = {k: np.concatenate(v, dtype=np.float32) for k, v in parts.items()}
+    data["rewards"], data["terminals"] = maze_rewards_and_terminals(data["rewards"])
+    # IK clips dataset actions so that log-probs stay finite near the bounds (an infinite one is left for check_data).
+    np.clip(data["actions"], -1 + 1e-5, 1 - 1e-5, out=data["actions"], where=np.isfinite(data["actions"]))
+    return data
 
-    def __init__(self):
-        self.name = None
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
-            signal.signal(sig, self.set)
 
-    def set(self, signum, frame):
-        self.name = signal.Signals(signum).name
+def read_episodes(datasets):
+    """Every episode of the datasets, in order; a truncated or corrupt data file is reported by name."""
+    for dataset in datasets:
+        try:
+            yield from dataset.iterate_episodes()
+        except OSError as e:
+            raise UserError(f"cannot read {dataset.spec.data_path} ({first_line(e)}); delete that folder and "
+                            "download the dataset again") from None
+
+
+def check_data(data: dict, env_id: str):
+    """Refuse NaN or infinite values in the dataset: one of them turns every loss into NaN within a few updates."""
+    for key in ("observations", "next_observations", "actions", "rewards"):
+        bad = ~np.isfinite(data[key]).reshape(len(data[key]), -1).all(axis=1)
+        if bad.any():
+            raise UserError(f"dataset '{env_id}' has NaN or infinite {key} ({bad.sum()} transitions, the first "
+                            f"at index {bad.argmax()}): clean the data or choose another dataset")
+
+
+def sample_batch(data: Batch, batch_size: int) -> Batch:
+    """Uniform minibatch; the indices are drawn on the data's device (no host round trip)."""
+    idx = torch.randint(len(data.rewards), (batch_size,), device=data.rewards.device)
+    return Batch(*(x[idx] for x in data))
+
+
+def load_data(args: Args, device):
+    """Load, flatten and transform the dataset; returns (Batch on device, the dataset, info dict)."""
+    dataset_ids = resolve_dataset_ids(args.env_id)
+    datasets = [load_minari_dataset(i) for i in dataset_ids]
+    first = datasets[0]
+    space = first.observation_space
+    domain = env_domain(first.env_spec.name if first.env_spec is not None else "")
+    if domain in ("locomotion", "adroit", "kitchen"):
+        raise UserError(f"'{args.env_id}' is {'an' if domain == 'adroit' else 'a'} {domain} dataset: "
+                        "use iql_continuous.py for it.")
+    if not isinstance(space, gym.spaces.Dict):
+        raise UserError(f"'{args.env_id}' has flat observations: use iql_continuous.py for it.")
+    if not MAZE_KEYS <= set(space.spaces):
+        raise UserError(f"'{args.env_id}' has dict observations without {sorted(MAZE_KEYS)} "
+                        f"(it has {sorted(space.spaces)}): this script takes maze datasets.")
+    if first.env_spec is not None and first.env_spec.kwargs.get("reward_type") == "dense":
+        raise UserError(f"'{args.env_id}' has dense rewards; this script's terminal rule (r > 0 at the goal) "
+                        "needs the sparse 0/1 maze rewards that IQL's AntMaze setting uses.")
+    data = flatten_maze_episodes(read_episodes(datasets), args.goal_input)
+    check_data(data, args.env_id)
+    data["masks"] = 1.0 - data["terminals"].astype(np.float32)
+    batch = Batch(*(torch.from_numpy(data[k]).to(device) for k in Batch._fields))
+    return batch, first, {"dataset_ids": dataset_ids, "goal_fraction": float(data["terminals"].mean())}
 
 
 # ----------------------------------------------------------------------------------------------
-# Evaluation
+# Evaluation: episodic mazes, scored by success
 # ----------------------------------------------------------------------------------------------
 def make_eval_envs(env_spec, num_envs: int, render: bool = False, **overrides) -> gym.vector.SyncVectorEnv:
     """A sync vector env of the dataset's eval env (keyword overrides go to every env); with render, the first
-    env renders rgb frames. Sync, not async: faster for 100 PointMaze envs on a 2-core machine (README, Speed)."""
+    env renders rgb frames. Sync, not async: faster for 100 PointMaze envs on a 2-core machine."""
     kwargs = [{**overrides, "render_mode": "rgb_array"} if render and i == 0 else overrides for i in range(num_envs)]
     return gym.vector.SyncVectorEnv([lambda kw=kw: gym.make(env_spec, **kw) for kw in kwargs])
 
@@ -734,21 +601,157 @@ def make_maze_eval_envs(dataset, num_envs: int, render: bool = False) -> gym.vec
     return make_eval_envs(spec, num_envs, render=render, continuing_task=False)
 
 
+def check_video(envs, seed: int):
+    """Fail now, not at the first evaluation, where --capture-video cannot render or write."""
+    try:
+        import moviepy  # noqa: F401  (gymnasium's save_video writes with it)
+
+        envs.reset(seed=seed)
+        envs.envs[0].render()
+    except Exception as e:
+        raise UserError(f"--capture-video cannot render ({first_line(e)}); on a headless machine set MUJOCO_GL=egl, "
+                        "and pip install moviepy") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Training state: checkpoints that resume exactly, and a clean stop on SIGINT / SIGTERM / SIGUSR1 / SIGUSR2
+# ----------------------------------------------------------------------------------------------
+STOPPED = 75  # exit status of a run stopped by a signal after saving a checkpoint (sysexits' EX_TEMPFAIL: retry)
+NETS = ("actor", "critic", "target_critic", "value")
+
+
+def save_state(path: str, step: int, networks: Networks, args: Args, eval_rng, evaluations: list,
+               extra: Optional[dict] = None) -> str:
+    """Everything a resumed run needs to continue exactly: the networks, optimisers and schedule, the step, the
+    evaluations, every random generator, and what the script adds in `extra`. Written under a temporary name, then
+    renamed, so that an interrupted write never leaves a broken checkpoint."""
+    rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+           "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+           "eval": eval_rng.bit_generator.state}
+    torch.save({"script": os.path.basename(__file__), "step": step, "args": asdict(args), "evaluations": evaluations,
+                **(extra or {}), **{name: getattr(networks, name).state_dict() for name in NETS},
+                "optimizers": [opt.state_dict() for opt in networks.optimizers],
+                "actor_schedule": networks.actor_schedule.state_dict(), "rng": rng}, path + ".tmp")
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def read_state(path: str) -> dict:
+    """A checkpoint of this script, checked before anything is built from it."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)  # our own file: numpy RNG states inside
+    except Exception as e:
+        raise UserError(f"cannot read checkpoint {path} ({first_line(e)})") from None
+    script = os.path.basename(__file__)
+    if not isinstance(state, dict) or not {"step", "args", "rng", "optimizers"} <= set(state):
+        raise UserError(f"{path} is not a checkpoint_{{step}}.pt file of this script (--save-model files cannot resume)")
+    if state.get("script", script) != script:  # older checkpoints carry no name: their settings are checked below
+        raise UserError(f"{path} was written by {state['script']}, not {script}: resume it with {state['script']}")
+    unknown = sorted(set(state["args"]) - {f.name for f in fields(Args)})
+    if unknown:
+        raise UserError(f"{path} has settings {script} does not know ({', '.join(unknown)}): it was written by "
+                        "another script or another version of this one")
+    return state
+
+
+def restore_state(state: dict, networks: Networks, eval_rng) -> tuple[int, list]:
+    """Load a read_state() dict into the networks, optimisers, schedule and random generators; returns
+    (step, evaluations so far)."""
+    try:
+        for name in NETS:
+            getattr(networks, name).load_state_dict(state[name])
+    except RuntimeError as e:
+        raise UserError(f"the checkpoint does not fit these networks ({' '.join(str(e).split())[:150]})") from None
+    for opt, saved in zip(networks.optimizers, state["optimizers"]):
+        lrs = [group["lr"] for group in opt.param_groups]
+        opt.load_state_dict(saved)
+        # load_state_dict swaps in the checkpoint's (CPU) learning-rate tensors: put this run's device tensors back,
+        # with the saved values, so that the schedule still updates what a captured CUDA graph reads
+        for group, lr in zip(opt.param_groups, lrs):
+            group["lr"] = lr.fill_(float(group["lr"]))
+    networks.actor_schedule.load_state_dict(state["actor_schedule"])
+    rng = state["rng"]
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+    eval_rng.bit_generator.state = rng["eval"]
+    return state["step"], state["evaluations"]
+
+
+def run_folder(args: Args):
+    """(args, saved state or None, run folder). --resume continues a run in its own folder with its own settings,
+    except the device flags of this command: they change where and how fast it runs, not what it computes."""
+    if not args.resume:
+        return args, None, Path("runs") / f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}".replace(
+            "/", "-")
+    state = read_state(args.resume)
+    args = replace(Args(**state["args"]), resume=args.resume, cuda=args.cuda, compile=args.compile,
+                   cudagraphs=args.cudagraphs)
+    print(f"resuming {Path(args.resume).parent.name} from step {state['step']:,} with its own settings (of this "
+          "command's flags only --cuda, --compile and --cudagraphs are used)")
+    return args, state, Path(args.resume).parent
+
+
+class StopSignal:
+    """SIGINT (Ctrl-C), SIGTERM (a cluster's pre-emption) and SIGUSR1/SIGUSR2 (what SLURM's `--signal` sends ahead of
+    a time limit) set a flag instead of killing the run: the loop saves a checkpoint at the next step and exits
+    (status STOPPED) with the command that resumes it. At the last step the run simply finishes."""
+
+    def __init__(self):
+        self.name = None
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+            signal.signal(sig, self.set)
+
+    def set(self, signum, frame):
+        self.name = signal.Signals(signum).name
+
+    def exit(self, step: int, path: str):
+        """Exit with STOPPED and a resume command that can be pasted: the path quoted, the dataset folder carried."""
+        data = os.environ.get("MINARI_DATASETS_PATH")
+        env = f"MINARI_DATASETS_PATH={shlex.quote(str(Path(data).resolve()))} " if data else ""
+        print(f"{self.name} at step {step:,}: saved {path}; continue with: {env}python {os.path.basename(__file__)} "
+              f"--resume {shlex.quote(path)}", file=sys.stderr)
+        sys.exit(STOPPED)
+
+
+def progress_line(step: int, total: int, rate: float, last_eval: str) -> str:
+    """The line every script prints at each log step."""
+    eta = int((total - step) / max(rate, 1e-9))
+    return (f"step {step:,}/{total:,}  {rate:.0f} updates/s  ETA {eta // 3600}h{eta % 3600 // 60:02d}m{eta % 60:02d}s  "
+            f"last evaluation: {last_eval}")
+
+
+def check_finite(losses: dict, step: int):
+    """Stop a run whose losses became NaN or infinite (checked at log steps only: no extra host sync)."""
+    bad = [f"{tag} = {v}" for tag, v in losses.items() if not math.isfinite(v)]
+    if bad:
+        raise UserError(f"step {step:,}: {', '.join(bad)}; the run diverged (try a lower --learning-rate, "
+                        "or check the data for extreme values)")
+
+
+def make_writer(args: Args, run_dir: Path, start: int, device, texts: dict):
+    """TensorBoard (and W&B with --track), continuing without repeated steps after a resume."""
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                   config=vars(args), name=run_dir.name, save_code=True)
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(run_dir), purge_step=start + 1 if start else None)
+    table = {**vars(args), "device used": device}
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in table.items()))
+    for tag, text in texts.items():
+        writer.add_text(tag, text)
+    print(f"run folder: {run_dir}")
+    return writer
+
+
 def main(args: Args):
     check_args(args)
-    state = None
-    if args.resume:  # continue a run: its settings, its folder (wherever that is), its step
-        state = read_state(args.resume)
-        # The device flags come from this command (they change where and how fast it runs, not what it computes)
-        args = replace(Args(**state["args"]), resume=args.resume, cuda=args.cuda, compile=args.compile,
-                       cudagraphs=args.cudagraphs)  # checked above, with the command's flags
-        run_dir = Path(args.resume).parent
-        run_name = run_dir.name
-        print(f"resuming {run_name} from step {state['step']:,} with its own settings (of this command's flags only "
-              "--cuda, --compile and --cudagraphs are used)")
-    else:
-        run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}".replace("/", "-")
-        run_dir = Path("runs") / run_name
+    args, state, run_dir = run_folder(args)
     given_args = args  # before the domain defaults fill it in: what a checkpoint keeps
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -756,57 +759,34 @@ def main(args: Args):
     torch.backends.cudnn.deterministic = args.torch_deterministic
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
-    # Data: the whole dataset lives on the training device.
     t0 = time.time()
-    data, dataset, info = load_data(args, device)
-    n, obs_dim = data.observations.shape
-    act_dim = data.actions.shape[1]
+    data, dataset, info = load_data(args, device)  # the whole dataset lives on the training device
+    (n, obs_dim), act_dim = data.observations.shape, data.actions.shape[1]
     print(f"loaded {args.env_id}: {n:,} transitions, input {obs_dim} (goal {'in' if args.goal_input else 'left out'}), "
           f"action {act_dim}, {100 * info['goal_fraction']:.2f}% at the goal ({time.time() - t0:.1f}s) on {device}")
     if args.batch_size > n:
         raise UserError(f"--batch-size {args.batch_size} is larger than the dataset ({n} transitions)")
     args, table = with_domain_defaults(args, "maze")
     print("hyperparameters:\n" + "\n".join(table))
-
     envs = make_maze_eval_envs(dataset, args.eval_episodes, render=args.capture_video)
     eval_spec = envs.envs[0].spec
     print(f"evaluation: {args.eval_episodes} episodes of {eval_spec.id} with continuing_task=False, at most "
           f"{eval_spec.max_episode_steps} steps; normalised score = 100 x success rate")
-    if args.capture_video:  # fail now, not at the first evaluation
-        try:
-            from gymnasium.utils.save_video import save_video
-
-            envs.reset(seed=args.seed)
-            envs.envs[0].render()
-        except Exception as e:
-            raise UserError(f"--capture-video cannot render ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
-                            "on a headless machine set MUJOCO_GL=egl (or osmesa), and pip install moviepy") from None
+    if args.capture_video:
+        check_video(envs, args.seed)
     eval_rng = np.random.default_rng(args.seed)  # fresh, reproducible episode seeds for every evaluation
     observe = partial(maze_observations, goal_input=args.goal_input)
 
     networks = make_networks(obs_dim, act_dim, args, device, lr_decay_steps=args.total_steps)
-    actor, critic, target_critic, value, _, _ = networks
     mode = "+".join(m for m in ("compile", "cudagraphs") if getattr(args, m)) or None
     train_step = make_train_step(lambda: sample_batch(data, args.batch_size), networks, args, mode)
+    start, evaluations = (0, []) if state is None else restore_state(state, networks, eval_rng)  # (step, success)
+    writer = make_writer(args, run_dir, start, device, {
+        "domain defaults": "\n".join(table),
+        "dataset": f"{args.env_id} -> {', '.join(info['dataset_ids'])}; {n} transitions; goal input "
+                   f"{args.goal_input}; rewards r - 1, terminal where r > 0"})
 
-    if args.track:
-        import wandb
-
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
-                   config=vars(args), name=run_name, save_code=True)
-    from torch.utils.tensorboard import SummaryWriter
-
-    start, evaluations = 0, []  # evaluations: (step, success rate)
-    if state is not None:
-        start, evaluations = restore_state(state, networks, eval_rng)
-    writer = SummaryWriter(str(run_dir), purge_step=start + 1 if start else None)  # no repeated steps
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
-    writer.add_text("domain defaults", "\n".join(table))
-    writer.add_text("dataset", f"{args.env_id} -> {', '.join(info['dataset_ids'])}; "
-                               f"{n} transitions; goal input {args.goal_input}; rewards r - 1, terminal where r > 0")
-
-    start_time, last_eval = time.time(), "none yet"
-    stop = StopSignal()
+    start_time, stop = time.time(), StopSignal()
     for step in range(start + 1, args.total_steps + 1):
         metrics = train_step()
 
@@ -818,20 +798,22 @@ def main(args: Args):
             writer.add_scalar("charts/actor_lr", args.learning_rate * cosine_decay(step - 1, args.total_steps), step)
             rate = (step - start) / (time.time() - start_time)
             writer.add_scalar("charts/SPS", int(rate), step)
-            print(progress_line(step, args.total_steps, rate, last_eval), flush=True)
+            last = f"success {evaluations[-1][1]:.2f}" if evaluations else "none yet"
+            print(progress_line(step, args.total_steps, rate, last), flush=True)
 
         if step % args.eval_freq == 0 or step == args.total_steps:
             frames = [] if args.capture_video else None
             seeds = eval_rng.integers(2**31, size=args.eval_episodes).tolist()
-            returns, reached = evaluate(actor, envs, seeds, device, observe, frames)
+            returns, reached = evaluate(networks.actor, envs, seeds, device, observe, frames)
             if frames:
-                save_video(frames, f"videos/{run_name}", fps=envs.envs[0].metadata["render_fps"],
+                from gymnasium.utils.save_video import save_video
+
+                save_video(frames, f"videos/{run_dir.name}", fps=envs.envs[0].metadata["render_fps"],
                            name_prefix=f"eval-step-{step}", episode_trigger=lambda _: True)
             writer.add_scalar("charts/episodic_return", returns.mean(), step)
             writer.add_scalar("charts/success_rate", reached.mean(), step)
             writer.add_scalar("charts/normalized_score", 100 * reached.mean(), step)
             evaluations.append((step, reached.mean()))
-            last_eval = f"success {reached.mean():.2f}"
             print(f"step {step:>8,}  success {reached.mean():5.2f} ({reached.sum()}/{len(reached)})  "
                   f"return {returns.mean():8.2f}  SPS {int((step - start) / (time.time() - start_time))}", flush=True)
 
@@ -842,27 +824,22 @@ def main(args: Args):
             if stopping:
                 writer.close()
                 envs.close()
-                print(f"{stop.name} at step {step:,}: saved {path}; continue with: "
-                      f"python {os.path.basename(__file__)} --resume {path}", file=sys.stderr)
-                sys.exit(STOPPED)
+                stop.exit(step, path)
 
-    # Report the final evaluation; the best one is labelled as such (it is selected on the evaluation itself).
+    # The final evaluation, and the best one labelled as such (it is selected on the evaluations themselves).
     final, best = evaluations[-1], max(evaluations, key=lambda e: e[1])
     print(f"final (step {final[0]:,}): success rate {final[1]:.2f}; best evaluation (step {best[0]:,}): {best[1]:.2f}")
-
     if args.save_model:
         path = str(run_dir / f"{args.exp_name}.pt")
         torch.save({"args": asdict(args), "obs_dim": obs_dim, "act_dim": act_dim,
-                    "actor": actor.state_dict(), "critic": critic.state_dict(),
-                    "target_critic": target_critic.state_dict(), "value": value.state_dict()}, path)
+                    **{name: getattr(networks, name).state_dict() for name in NETS}}, path)
         print(f"model saved to {path}")
     envs.close()
     writer.close()
 
 
 if __name__ == "__main__":
-    args = tyro.cli(Args)
     try:
-        main(args)
+        main(tyro.cli(Args))
     except UserError as e:  # user mistakes: one line, no traceback
         sys.exit(f"error: {e}")

@@ -1,13 +1,11 @@
 """Offline Implicit Q-Learning (IQL) on continuous-control Minari datasets: MuJoCo locomotion, Adroit, Kitchen.
 
-Kostrikov, Nair & Levine, "Offline Reinforcement Learning with Implicit Q-Learning", ICLR 2022
-(arXiv 2110.06169). Defaults follow the authors' JAX code (github.com/ikostrikov/implicit_q_learning,
-"IK" below), per domain (DOMAIN_DEFAULTS); comments say where a popular port differs.
+Kostrikov, Nair & Levine, "Offline Reinforcement Learning with Implicit Q-Learning", ICLR 2022 (arXiv 2110.06169).
+Defaults follow the authors' JAX code (github.com/ikostrikov/implicit_q_learning, "IK" below), per domain
+(DOMAIN_DEFAULTS); comments say where a popular port differs.
 
     python iql_continuous.py --env-id halfcheetah-medium-v2
     python iql_continuous.py --env-id pen-human-v1
-    python iql_continuous.py --env-id kitchen-partial-v0
-    MINARI_DATASETS_PATH=../shared/datasets python iql_continuous.py --env-id local/hopper/medium-replay-v0
 
 One update (paper Algorithm 1, IK `learner.py`):
   1. V   <- expectile regression of V(s) on min(Q1_targ, Q2_targ)(s, a)
@@ -23,6 +21,7 @@ import math
 import os
 import random
 import re
+import shlex
 import signal
 import sys
 import time
@@ -36,41 +35,41 @@ import torch
 import torch.nn as nn
 import tyro
 
-with contextlib.redirect_stderr(io.StringIO()):  # hush a notice about Adroit reward versions printed on import
-    import gymnasium_robotics
-gym.register_envs(gymnasium_robotics)  # AdroitHand* and FrankaKitchen envs
+try:
+    with contextlib.redirect_stderr(io.StringIO()):  # hush a notice about Adroit reward versions printed on import
+        import gymnasium_robotics  # AdroitHand* and FrankaKitchen envs
+except (ImportError, AttributeError) as e:  # MuJoCo's renderer could not load the library MUJOCO_GL names
+    sys.exit(f"error: importing gymnasium_robotics failed ({type(e).__name__}: {e}) with MUJOCO_GL="
+             f"{os.environ.get('MUJOCO_GL')}: set MUJOCO_GL=egl, or install that OpenGL library")
+gym.register_envs(gymnasium_robotics)
 
 
 @dataclass
 class Args:
-    # --- experiment ---
+    """Offline IQL on a locomotion, Adroit or Kitchen dataset (a D4RL name or a Minari id)."""
+
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
     """the name of this experiment (part of the run name)"""
     seed: int = 1
     """seed of the experiment (torch, numpy, random, evaluation episodes)"""
     torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True` (CleanRL's flag; these MLPs use no cuDNN kernels, so it
-    changes nothing here, and CPU runs are deterministic anyway)"""
+    """if toggled, `torch.backends.cudnn.deterministic=True` (CleanRL's flag; no cuDNN kernel runs here)"""
     cuda: bool = True
     """if toggled, train on the GPU when one is available"""
     track: bool = False
-    """if toggled, log to Weights & Biases (imported only then)"""
+    """if toggled, log to Weights & Biases"""
     wandb_project_name: str = "iql"
     """the Weights & Biases project name"""
     wandb_entity: Optional[str] = None
     """the Weights & Biases entity (team)"""
     capture_video: bool = False
-    """if toggled, record the evaluation episodes of the first env under `videos/{run_name}`"""
+    """if toggled, record the first evaluation episode of each evaluation under `videos/{run_name}`"""
     save_model: bool = False
     """if toggled, save every network and the Args to `runs/{run_name}/{exp_name}.pt` at the end"""
-
-    # --- data ---
     env_id: str = "halfcheetah-medium-v2"
     """a D4RL name (hopper-medium-expert-v2, pen-human-v1, kitchen-partial-v0, ...) or a Minari id `namespace/name-vN`"""
     normalize_reward: bool = True
     """scale locomotion rewards by 1000 / (max - min trajectory return), as IK does (other domains: unscaled)"""
-
-    # --- algorithm ---
     total_steps: int = 1_000_000
     """number of gradient updates"""
     batch_size: int = 256
@@ -92,11 +91,9 @@ class Args:
     hidden_dim: int = 256
     """units in each of the two hidden layers of every network"""
     compile: bool = False
-    """if toggled, run the update through `torch.compile`"""
+    """if toggled, run the losses through `torch.compile`"""
     cudagraphs: bool = False
     """if toggled (CUDA only), capture one update in a CUDA graph and replay it every step"""
-
-    # --- evaluation and logging ---
     eval_freq: int = 5000
     """evaluate every this many updates (and at the end)"""
     eval_episodes: int = 10
@@ -104,241 +101,15 @@ class Args:
     log_freq: int = 1000
     """copy the losses off the device and log them every this many updates"""
     checkpoint_freq: int = 100_000
-    """save the whole training state to `runs/{run_name}/checkpoint_{step}.pt` every this many updates and at the
-    end (0: never, except on SIGINT/SIGTERM)"""
+    """save the training state to `runs/{run_name}/checkpoint_{step}.pt` every this many updates and at the end (0:
+    only on a stop signal)"""
     resume: Optional[str] = None
     """a checkpoint_{step}.pt file: continue its run (its settings but the device flags, its folder) from that step"""
 
 
-# D4RL locomotion names -> Minari ids (SPEC section 5). medium-expert is the two datasets concatenated,
-# as D4RL built it. medium-replay and random have no public Minari counterpart (Minari issue 318).
-D4RL_TO_MINARI = {
-    "medium": ["medium-v0"],
-    "expert": ["expert-v0"],
-    "medium-expert": ["medium-v0", "expert-v0"],
-    "medium-replay": None,
-    "random": None,
-}
-ADROIT_TASKS = ("pen", "door", "hammer", "relocate")  # {task}-{human,cloned,expert}-v{0,1} -> D4RL/{task}/{variant}-v2
-KITCHEN_TASKS = ("complete", "partial", "mixed")  # kitchen-{variant}-v0 -> D4RL/kitchen/{variant}-v2
-# D4RL reference returns (d4rl/infos.py): score = 100 * (R - min) / (max - min).
-D4RL_REF_SCORES = {
-    "hopper": (-20.272305, 3234.3),
-    "halfcheetah": (-280.178953, 12135.0),
-    "walker2d": (1.629008, 4592.3),
-    "pen": (96.262799, 3076.8331017826877),
-    "door": (-56.512833, 2880.5693087298737),
-    "hammer": (-274.856578, 12794.134825156867),
-    "relocate": (-6.425911, 4233.877797728884),
-    "kitchen": (0.0, 4.0),
-}
-# The env spec id names the task (not the dataset id): Hopper-v5 -> "hopper".
-ENV_TO_TASK = {"Hopper": "hopper", "HalfCheetah": "halfcheetah", "Walker2d": "walker2d", "AdroitHandPen": "pen",
-               "AdroitHandDoor": "door", "AdroitHandHammer": "hammer", "AdroitHandRelocate": "relocate",
-               "FrankaKitchen": "kitchen"}
-MINARI_ID = re.compile(r"^[\w.-]+(/[\w.-]+)*/[\w.-]+-v\d+$")
-
-# Hyperparameters per domain (SPEC section 2, IK `configs/`). A field left at None takes its domain's value;
-# a flag the user sets always wins (--dropout 0 turns dropout off).
-DOMAIN_DEFAULTS = {
-    "locomotion": {"expectile": 0.7, "temperature": 3.0, "dropout": None},
-    "maze": {"expectile": 0.9, "temperature": 10.0, "dropout": None},
-    "adroit": {"expectile": 0.7, "temperature": 0.5, "dropout": 0.1},
-    "kitchen": {"expectile": 0.7, "temperature": 0.5, "dropout": 0.1},
-}
-
-
-class UserError(Exception):
-    """A mistake in the command line or the data set-up: reported as one line, without a traceback."""
-
-
-def check_args(args: Args):
-    """Reject values the algorithm cannot use, before any heavy work."""
-    if args.expectile is not None and not 0 < args.expectile < 1:
-        raise UserError(f"--expectile must be in (0, 1), got {args.expectile}")
-    if args.temperature is not None and args.temperature < 0:
-        raise UserError(f"--temperature must be >= 0 (0 is behaviour cloning), got {args.temperature}")
-    if args.cudagraphs and not (args.cuda and torch.cuda.is_available()):
-        raise UserError("--cudagraphs needs a CUDA device (and --cuda)")
-    if args.track:
-        try:
-            import wandb  # noqa: F401
-        except ImportError:
-            raise UserError("--track needs Weights & Biases: pip install wandb") from None
-    if args.dropout is not None and not 0 <= args.dropout < 1:
-        raise UserError(f"--dropout must be in [0, 1), got {args.dropout}")
-    if not 0 <= args.gamma <= 1:
-        raise UserError(f"--gamma must be in [0, 1], got {args.gamma}")
-    if not 0 < args.tau <= 1:
-        raise UserError(f"--tau must be in (0, 1], got {args.tau}")
-    for name in ("learning_rate", "max_weight"):
-        if getattr(args, name) <= 0:
-            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.checkpoint_freq < 0:
-        raise UserError(f"--checkpoint-freq must be >= 0 (0: no periodic checkpoints), got {args.checkpoint_freq}")
-    if args.resume is not None and not Path(args.resume).is_file():
-        raise UserError(f"--resume {args.resume}: no such file")
-    for name in ("total_steps", "batch_size", "eval_freq", "eval_episodes", "log_freq", "hidden_dim"):
-        if getattr(args, name) <= 0:
-            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-
-
-def env_domain(env_name: str) -> Optional[str]:
-    """The domain of an env, from the name in its spec id (not from the dataset id): Hopper, HalfCheetah,
-    Walker2d -> locomotion; AdroitHand* -> adroit; FrankaKitchen* -> kitchen; *Maze* -> maze; else None."""
-    if env_name in ("Hopper", "HalfCheetah", "Walker2d"):
-        return "locomotion"
-    if env_name.startswith("AdroitHand"):
-        return "adroit"
-    if env_name.startswith("FrankaKitchen"):
-        return "kitchen"
-    return "maze" if "Maze" in env_name else None
-
-
-def with_domain_defaults(args: Args, domain: str):
-    """Fill the hyperparameters left unset (None) from DOMAIN_DEFAULTS[domain]. Returns the new Args and one
-    printable line per hyperparameter: its value and where it came from."""
-    values, lines = {}, []
-    for name, default in DOMAIN_DEFAULTS[domain].items():
-        given = getattr(args, name)
-        values[name] = default if given is None else given
-        source = f"{domain} default" if given is None else f"flag (the {domain} default is {default})"
-        lines.append(f"  {name:<12} {values[name]!s:<6} {source}")
-    return replace(args, **values), lines
-
-
 # ----------------------------------------------------------------------------------------------
-# Data
+# Losses (pure functions of tensors)
 # ----------------------------------------------------------------------------------------------
-def resolve_dataset_ids(env_id: str) -> list[str]:
-    """Map a D4RL name to the Minari ids to load (concatenated), or pass a Minari id through."""
-    m = re.fullmatch(r"(halfcheetah|hopper|walker2d)-([a-z-]+)-v2", env_id)
-    if m and m.group(2) in D4RL_TO_MINARI:
-        task, kind = m.groups()
-        names = D4RL_TO_MINARI[kind]
-        if names is None:
-            available = ", ".join(f"{task}-{k}-v2" for k, v in D4RL_TO_MINARI.items() if v)
-            raise UserError(
-                f"'{env_id}' has no Minari counterpart (Minari hosts no {kind} locomotion data; Minari issue 318). "
-                f"Available: {available}, or any Minari id such as mujoco/{task}/simple-v0."
-            )
-        return [f"mujoco/{task}/{name}" for name in names]
-    m = re.fullmatch(r"([a-z]+)-(human|cloned|expert)-v[01]", env_id)
-    if m and m.group(1) in ADROIT_TASKS:
-        return [f"D4RL/{m.group(1)}/{m.group(2)}-v2"]
-    m = re.fullmatch(r"kitchen-([a-z]+)-v0", env_id)
-    if m and m.group(1) in KITCHEN_TASKS:
-        return [f"D4RL/kitchen/{m.group(1)}-v2"]
-    if re.fullmatch(r"(antmaze|maze2d)-.*", env_id):
-        raise UserError(f"'{env_id}' is a maze dataset: use iql_antmaze.py for it.")
-    if "/" in env_id and MINARI_ID.match(env_id):
-        return [env_id]
-    raise UserError(
-        f"unknown env id '{env_id}'. Use a D4RL name {{halfcheetah,hopper,walker2d}}-{{medium,expert,medium-expert}}-v2, "
-        f"{{{','.join(ADROIT_TASKS)}}}-{{human,cloned,expert}}-v1, kitchen-{{{','.join(KITCHEN_TASKS)}}}-v0, "
-        "or a Minari dataset id namespace/name-vN (e.g. mujoco/hopper/medium-v0)."
-    )
-
-
-def load_minari_dataset(dataset_id: str):
-    """Load a dataset from MINARI_DATASETS_PATH, downloading it if it is not there."""
-    import minari
-
-    root = Path(os.environ.get("MINARI_DATASETS_PATH", Path.home() / ".minari" / "datasets"))
-    if (root / dataset_id / "data").is_dir():
-        try:
-            return minari.load_dataset(dataset_id)
-        except Exception as e:  # a truncated download or a corrupt file
-            raise UserError(f"cannot read dataset '{dataset_id}' from {root / dataset_id / 'data'} ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:150]}); delete that folder and download it again") from None
-    print(f"{dataset_id} is not in {root}: downloading it (HF_HUB_OFFLINE=1 skips the attempt) ...", flush=True)
-    try:
-        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
-            raise ConnectionError("HF_HUB_OFFLINE is set")
-        from huggingface_hub.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()  # one message below instead of one per retry
-        return minari.load_dataset(dataset_id, download=True)
-    except Exception as e:  # no network, no huggingface_hub, or not on the server
-        reason = f"{type(e).__name__}: {str(e).splitlines()[0][:150]}" if str(e) else type(e).__name__
-        raise UserError(
-            f"dataset '{dataset_id}' is not in {root} (MINARI_DATASETS_PATH) and could not be downloaded "
-            f"({reason}). On a machine with network run `minari download {dataset_id}` and copy "
-            f"{root / dataset_id} here, or point MINARI_DATASETS_PATH at the folder that holds it."
-        ) from None
-
-
-def flat_observations(obs) -> np.ndarray:
-    """The network input: the observation array itself, or Kitchen's `observation` entry. Kitchen's goal dicts
-    are left out: the desired goals are the same in every episode of a dataset, and the achieved ones repeat
-    object positions that `observation` already holds."""
-    return obs["observation"] if isinstance(obs, dict) else obs
-
-
-def flatten_episodes(episodes) -> dict[str, np.ndarray]:
-    """Turn Minari episodes (T+1 observations each) into aligned transition arrays.
-
-    Truncated transitions are kept: their next observation is real, so they bootstrap (SPEC section 2).
-    `episode_ends` marks the last transition of each episode (for reward normalisation only).
-    """
-    parts = {k: [] for k in ("observations", "actions", "rewards", "next_observations", "terminals", "episode_ends")}
-    for ep in episodes:
-        n, obs = len(ep.rewards), flat_observations(ep.observations)
-        parts["observations"].append(obs[:-1])
-        parts["next_observations"].append(obs[1:])
-        parts["actions"].append(ep.actions)
-        parts["rewards"].append(ep.rewards)
-        parts["terminals"].append(ep.terminations)
-        ends = np.zeros(n, dtype=bool)
-        ends[-1] = True
-        parts["episode_ends"].append(ends)
-    data = {k: np.concatenate(parts[k], dtype=np.float32)  # casts while copying, in one pass
-            for k in ("observations", "actions", "rewards", "next_observations")}
-    data["terminals"] = np.concatenate(parts["terminals"]).astype(bool)
-    data["episode_ends"] = np.concatenate(parts["episode_ends"])
-    # IK clips dataset actions so that log-probs stay finite near the bounds (an infinite one is left for check_data).
-    np.clip(data["actions"], -1 + 1e-5, 1 - 1e-5, out=data["actions"], where=np.isfinite(data["actions"]))
-    return data
-
-
-def trajectory_ends(observations, next_observations, terminals, episode_ends) -> np.ndarray:
-    """Where a trajectory ends: a terminal, a known episode end, or (IK `dataset_utils.py`) a row whose
-    next observation differs from the following row's observation by more than 1e-6. The last row ends one."""
-    jump = np.linalg.norm(observations[1:] - next_observations[:-1], axis=-1) > 1e-6
-    ends = terminals | episode_ends
-    ends[:-1] |= jump
-    ends[-1] = True
-    return ends
-
-
-def reward_scale(rewards, ends) -> float:
-    """IK's locomotion reward normalisation: 1000 / (max - min undiscounted trajectory return)."""
-    traj_id = np.concatenate([[0], np.cumsum(ends[:-1])])
-    returns = np.bincount(traj_id, weights=rewards)
-    if returns.max() == returns.min():
-        raise UserError("reward normalisation needs trajectories with different returns; use --no-normalize-reward")
-    return float(1000.0 / (returns.max() - returns.min()))
-
-
-def read_episodes(datasets):
-    """Every episode of the datasets, in order; a truncated or corrupt data file is reported by name."""
-    for dataset in datasets:
-        try:
-            yield from dataset.iterate_episodes()
-        except OSError as e:
-            raise UserError(f"cannot read {dataset.spec.data_path} ({type(e).__name__}: {str(e).splitlines()[0][:150]});"
-                            " delete that folder and download the dataset again") from None
-
-
-def check_data(data: dict, env_id: str):
-    """Refuse NaN or infinite values in the dataset: one of them turns every loss into NaN within a few updates."""
-    for key in ("observations", "next_observations", "actions", "rewards"):
-        bad = ~np.isfinite(data[key]).reshape(len(data[key]), -1).all(axis=1)
-        if bad.any():
-            raise UserError(f"dataset '{env_id}' has NaN or infinite {key} ({bad.sum()} transitions, the first "
-                            f"at index {bad.argmax()}): clean the data or choose another dataset")
-
-
 class Batch(NamedTuple):
     observations: torch.Tensor
     actions: torch.Tensor
@@ -347,45 +118,6 @@ class Batch(NamedTuple):
     masks: torch.Tensor  # 1 - terminal: 0 stops bootstrapping; truncations keep 1
 
 
-def sample_batch(data: Batch, batch_size: int) -> Batch:
-    """Uniform minibatch; the indices are drawn on the data's device (no host round trip)."""
-    idx = torch.randint(len(data.rewards), (batch_size,), device=data.rewards.device)
-    return Batch(*(x[idx] for x in data))
-
-
-def load_data(args: Args, device):
-    """Load, flatten and transform the dataset(s); returns (Batch on device, first dataset, info dict)."""
-    dataset_ids = resolve_dataset_ids(args.env_id)
-    datasets = [load_minari_dataset(i) for i in dataset_ids]
-    first = datasets[0]
-    env_name = first.env_spec.name if first.env_spec is not None else ""
-    domain, task = env_domain(env_name), ENV_TO_TASK.get(env_name)
-    space = first.observation_space
-    if domain == "maze":
-        raise UserError(f"'{args.env_id}' is a maze dataset ({env_name}): use iql_antmaze.py for it.")
-    if isinstance(space, gym.spaces.Dict) and domain != "kitchen":
-        raise UserError(f"'{args.env_id}' has dict observations ({', '.join(space.spaces)}) from {env_name or 'an unknown env'}: "
-                        "this script takes flat observations and Kitchen's; goal mazes belong to iql_antmaze.py.")
-    data = flatten_episodes(read_episodes(datasets))
-    check_data(data, args.env_id)
-    scale = 1.0  # SPEC section 2: only locomotion rewards are scaled; Adroit and Kitchen rewards stay as stored
-    if args.normalize_reward and domain == "locomotion":
-        ends = trajectory_ends(data["observations"], data["next_observations"], data["terminals"], data["episode_ends"])
-        scale = reward_scale(data["rewards"], ends)
-    batch = Batch(
-        observations=torch.from_numpy(data["observations"]),
-        actions=torch.from_numpy(data["actions"]),
-        rewards=torch.from_numpy(data["rewards"] * np.float32(scale)),
-        next_observations=torch.from_numpy(data["next_observations"]),
-        masks=torch.from_numpy(1.0 - data["terminals"].astype(np.float32)),
-    )
-    info = {"domain": domain, "task": task, "reward_scale": scale, "dataset_ids": dataset_ids}
-    return Batch(*(x.to(device) for x in batch)), first, info
-
-
-# ----------------------------------------------------------------------------------------------
-# Losses (pure functions of tensors)
-# ----------------------------------------------------------------------------------------------
 def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
     """Asymmetric L2 of paper eq. 5: weight `expectile` where diff = q - v > 0, `1 - expectile` elsewhere."""
     weight = torch.where(diff > 0, expectile, 1 - expectile)
@@ -426,9 +158,7 @@ def cosine_decay(step: int, total_steps: int) -> float:
 def mlp(in_dim: int, out_dim: int, hidden_dim: int, dropout: Optional[float] = None) -> nn.Sequential:
     layers = []
     for d_in in (in_dim, hidden_dim):
-        layers += [nn.Linear(d_in, hidden_dim), nn.ReLU()]
-        if dropout:
-            layers.append(nn.Dropout(dropout))
+        layers += [nn.Linear(d_in, hidden_dim), nn.ReLU()] + ([nn.Dropout(dropout)] if dropout else [])
     layers.append(nn.Linear(hidden_dim, out_dim))
     for layer in layers:
         if isinstance(layer, nn.Linear):
@@ -444,8 +174,7 @@ class TwinQ(nn.Module):
     def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, num_q: int = 2):
         super().__init__()
         sizes = [obs_dim + act_dim, hidden_dim, hidden_dim, 1]
-        self.weights = nn.ParameterList()
-        self.biases = nn.ParameterList()
+        self.weights, self.biases = nn.ParameterList(), nn.ParameterList()
         for d_in, d_out in zip(sizes[:-1], sizes[1:]):
             # orthogonal_ on each critic's (out, in) matrix, as nn.Linear stores it, then transposed for bmm
             w = torch.stack([nn.init.orthogonal_(torch.empty(d_out, d_in), gain=math.sqrt(2)).T for _ in range(num_q)])
@@ -456,8 +185,7 @@ class TwinQ(nn.Module):
         x = torch.cat([obs, actions], -1).expand(len(self.weights[0]), -1, -1)
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             x = torch.baddbmm(b, x, w)
-            if i < len(self.weights) - 1:
-                x = torch.relu(x)
+            x = torch.relu(x) if i < len(self.weights) - 1 else x
         return x.squeeze(-1)
 
 
@@ -489,8 +217,7 @@ class Actor(nn.Module):
     @torch.no_grad()
     def act(self, obs: torch.Tensor) -> torch.Tensor:
         """Deterministic evaluation action: the mean, clipped to [-1, 1]. Call `.eval()` first if there is dropout."""
-        mean, _ = self(obs)
-        return mean.clamp(-1.0, 1.0)
+        return self(obs)[0].clamp(-1.0, 1.0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -530,13 +257,9 @@ def update(batch: Batch, actor, critic, target_critic, value, actor_opt, critic_
     with torch.no_grad():
         torch._foreach_lerp_(list(target_critic.parameters()), list(critic.parameters()), args.tau)
 
-    return {
-        "losses/value_loss": value_loss.detach(),
-        "losses/actor_loss": actor_loss.detach(),
-        "losses/q_loss": critic_loss.detach(),
-        "charts/advantage_mean": advantage.mean(),
-        "charts/weight_mean": weights.mean(),
-    }
+    return {"losses/value_loss": value_loss.detach(), "losses/actor_loss": actor_loss.detach(),
+            "losses/q_loss": critic_loss.detach(), "charts/advantage_mean": advantage.mean(),
+            "charts/weight_mean": weights.mean()}
 
 
 class Networks(NamedTuple):
@@ -549,43 +272,32 @@ class Networks(NamedTuple):
 
 
 def make_networks(obs_dim: int, act_dim: int, args: Args, device, lr_decay_steps: Optional[int]) -> Networks:
-    """The actor, twin critics, their target copy, the value, their Adam optimisers and the actor's schedule:
-    a cosine from the learning rate to 0 over `lr_decay_steps` updates, or constant where that is None."""
+    """The networks, their Adam optimisers (torch defaults: IK has no weight decay or clipping) and the actor's
+    schedule: a cosine from the learning rate to 0 over `lr_decay_steps` updates, or constant where that is None."""
     device = torch.device(device)
     actor = Actor(obs_dim, act_dim, args.hidden_dim, args.dropout).to(device)
     critic = TwinQ(obs_dim, act_dim, args.hidden_dim).to(device)
     target_critic = copy.deepcopy(critic).requires_grad_(False)
     value = Value(obs_dim, args.hidden_dim).to(device)
-
-    # Adam with torch defaults (IK: no weight decay, no clipping), fused kernels. The learning rate is a tensor
-    # that the schedule fills in place, so a captured CUDA graph sees each new value.
-    def adam(module):
-        lr = torch.tensor(args.learning_rate, device=device)
-        return torch.optim.Adam(module.parameters(), lr=lr, fused=True, capturable=device.type == "cuda")
-
-    optimizers = (adam(actor), adam(critic), adam(value))
+    # Fused kernels; each learning rate is a tensor that the schedule fills in place, so a CUDA graph sees it change.
+    optimizers = tuple(torch.optim.Adam(m.parameters(), lr=torch.tensor(args.learning_rate, device=device), fused=True,
+                                        capturable=device.type == "cuda") for m in (actor, critic, value))
     decay = (lambda t: cosine_decay(t, lr_decay_steps)) if lr_decay_steps else (lambda t: 1.0)
-    actor_schedule = torch.optim.lr_scheduler.LambdaLR(optimizers[0], decay)
-    return Networks(actor, critic, target_critic, value, optimizers, actor_schedule)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizers[0], decay)
+    return Networks(actor, critic, target_critic, value, optimizers, schedule)
 
 
 def make_train_step(sample: Callable[[], Batch], networks: Networks, args: Args, mode: Optional[str] = None):
-    """step() draws a batch with sample(), runs one update and advances the actor's schedule; it returns the
-    metrics (tensors).
-
-    mode None runs eagerly, "compile" through torch.compile, "cudagraphs" replays a captured CUDA graph, and
-    "compile+cudagraphs" captures the compiled losses (fused kernels) in the graph.
-    """
+    """step() draws a batch with sample(), runs one update, advances the actor's schedule and returns the metrics
+    (tensors on the device). mode None runs eagerly, "compile" through torch.compile, "cudagraphs" replays a
+    captured CUDA graph, "compile+cudagraphs" captures the compiled losses in the graph."""
     actor, critic, target_critic, value, optimizers, actor_schedule = networks
 
     def sample_and_update():
         return update(sample(), actor, critic, target_critic, value, *optimizers, args)
 
-    fn = sample_and_update
-    if mode in ("compile", "compile+cudagraphs"):
-        fn = torch.compile(fn)
-    if mode in ("cudagraphs", "compile+cudagraphs"):
-        fn = cuda_graph(fn)
+    fn = torch.compile(sample_and_update) if mode in ("compile", "compile+cudagraphs") else sample_and_update
+    fn = cuda_graph(fn) if mode in ("cudagraphs", "compile+cudagraphs") else fn
 
     def step():
         metrics = fn()
@@ -627,123 +339,258 @@ def cuda_graph(fn, warmup: int = 3):
     return call
 
 
-def progress_line(step: int, total: int, rate: float, last_eval: str) -> str:
-    """The line every script prints at each log step."""
-    eta = int((total - step) / max(rate, 1e-9))
-    return (f"step {step:,}/{total:,}  {rate:.0f} updates/s  ETA {eta // 3600}h{eta % 3600 // 60:02d}m{eta % 60:02d}s  "
-            f"last evaluation: {last_eval}")
-
-
-def check_finite(losses: dict, step: int):
-    """Stop a run whose losses became NaN or infinite (checked at log steps only: no extra host sync)."""
-    bad = [f"{tag} = {v}" for tag, v in losses.items() if not math.isfinite(v)]
-    if bad:
-        raise UserError(f"step {step:,}: {', '.join(bad)}; the run diverged (try a lower --learning-rate, "
-                        "or check the data for extreme values)")
-
-
 # ----------------------------------------------------------------------------------------------
-# Training state: checkpoints that resume exactly, and a clean stop on SIGINT / SIGTERM
+# Data: D4RL names, domains and their defaults, Minari episodes -> transition tensors
 # ----------------------------------------------------------------------------------------------
-def save_state(path: str, step: int, networks: Networks, args: Args, eval_rng, evaluations: list,
-               extra: Optional[dict] = None) -> str:
-    """Every network, optimiser and schedule, the step, the evaluations so far, every random generator and what
-    the script adds in `extra`, so that a resumed run continues exactly. Written to a temporary file, then renamed:
-    an interrupted write never leaves a broken checkpoint behind."""
-    state = {"script": os.path.basename(__file__), "step": step, "args": asdict(args), "evaluations": evaluations,
-             **(extra or {}),
-             **{name: getattr(networks, name).state_dict() for name in ("actor", "critic", "target_critic", "value")},
-             "optimizers": [opt.state_dict() for opt in networks.optimizers],
-             "actor_schedule": networks.actor_schedule.state_dict(),
-             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                     "eval": eval_rng.bit_generator.state}}
-    torch.save(state, path + ".tmp")
-    os.replace(path + ".tmp", path)
-    return path
+# D4RL locomotion names -> Minari ids; medium-expert is the two datasets concatenated, as D4RL built it.
+# medium-replay and random have no public Minari counterpart (Minari issue 318).
+D4RL_TO_MINARI = {"medium": ["medium-v0"], "expert": ["expert-v0"], "medium-expert": ["medium-v0", "expert-v0"],
+                  "medium-replay": None, "random": None}
+ADROIT_TASKS = ("pen", "door", "hammer", "relocate")  # {task}-{human,cloned,expert}-v{0,1} -> D4RL/{task}/{variant}-v2
+KITCHEN_TASKS = ("complete", "partial", "mixed")  # kitchen-{variant}-v0 -> D4RL/kitchen/{variant}-v2
+D4RL_REF_SCORES = {  # D4RL's reference returns (d4rl/infos.py): score = 100 * (R - min) / (max - min)
+    "hopper": (-20.272305, 3234.3), "halfcheetah": (-280.178953, 12135.0), "walker2d": (1.629008, 4592.3),
+    "pen": (96.262799, 3076.8331017826877), "door": (-56.512833, 2880.5693087298737),
+    "hammer": (-274.856578, 12794.134825156867), "relocate": (-6.425911, 4233.877797728884), "kitchen": (0.0, 4.0)}
+ENV_TO_TASK = {"Hopper": "hopper", "HalfCheetah": "halfcheetah", "Walker2d": "walker2d", "AdroitHandPen": "pen",
+               "AdroitHandDoor": "door", "AdroitHandHammer": "hammer", "AdroitHandRelocate": "relocate",
+               "FrankaKitchen": "kitchen"}
+MINARI_ID = re.compile(r"^[\w.-]+(/[\w.-]+)*/[\w.-]+-v\d+$")
+# Hyperparameters per domain (IK `configs/`): a field left at None takes its domain's value; a flag always wins.
+DOMAIN_DEFAULTS = {
+    "locomotion": {"expectile": 0.7, "temperature": 3.0, "dropout": None},
+    "maze": {"expectile": 0.9, "temperature": 10.0, "dropout": None},
+    "adroit": {"expectile": 0.7, "temperature": 0.5, "dropout": 0.1},
+    "kitchen": {"expectile": 0.7, "temperature": 0.5, "dropout": 0.1},
+}
 
 
-def read_state(path: str) -> dict:
+class UserError(Exception):
+    """A mistake in the command line or the data set-up: reported as one line, without a traceback."""
+
+
+def check_args(args: Args):
+    """Refuse values the algorithm cannot use, before any heavy work."""
+    rules = [(args.expectile is None or 0 < args.expectile < 1, f"--expectile must be in (0, 1), got {args.expectile}"),
+             (args.temperature is None or args.temperature >= 0,
+              f"--temperature must be >= 0 (0 is behaviour cloning), got {args.temperature}"),
+             (args.dropout is None or 0 <= args.dropout < 1, f"--dropout must be in [0, 1), got {args.dropout}"),
+             (0 <= args.gamma <= 1, f"--gamma must be in [0, 1], got {args.gamma}"),
+             (0 < args.tau <= 1, f"--tau must be in (0, 1], got {args.tau}"),
+             (args.checkpoint_freq >= 0, f"--checkpoint-freq must be >= 0, got {args.checkpoint_freq}"),
+             (not args.cudagraphs or (args.cuda and torch.cuda.is_available()), "--cudagraphs needs a CUDA device"),
+             (args.resume is None or Path(args.resume).is_file(), f"--resume {args.resume}: no such file")]
+    rules += [(getattr(args, n) > 0, f"--{n.replace('_', '-')} must be positive, got {getattr(args, n)}") for n in (
+        "learning_rate", "max_weight", "total_steps", "batch_size", "eval_freq", "eval_episodes", "log_freq", "hidden_dim")]
+    for ok, message in rules:
+        if not ok:
+            raise UserError(message)
+    if args.track:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise UserError("--track needs Weights & Biases: pip install wandb") from None
+
+
+def env_domain(env_name: str) -> Optional[str]:
+    """The domain from the env's spec name (not the dataset id): Hopper, HalfCheetah, Walker2d -> locomotion;
+    AdroitHand* -> adroit; FrankaKitchen* -> kitchen; *Maze* -> maze; else None."""
+    if env_name in ("Hopper", "HalfCheetah", "Walker2d"):
+        return "locomotion"
+    if env_name.startswith("AdroitHand"):
+        return "adroit"
+    if env_name.startswith("FrankaKitchen"):
+        return "kitchen"
+    return "maze" if "Maze" in env_name else None
+
+
+def with_domain_defaults(args: Args, domain: str):
+    """Fill the hyperparameters left unset (None) from DOMAIN_DEFAULTS[domain]. Returns the new Args and one
+    printable line per hyperparameter: its value and where it came from."""
+    values, lines = {}, []
+    for name, default in DOMAIN_DEFAULTS[domain].items():
+        given = getattr(args, name)
+        values[name] = default if given is None else given
+        source = f"{domain} default" if given is None else f"flag (the {domain} default is {default})"
+        lines.append(f"  {name:<12} {values[name]!s:<6} {source}")
+    return replace(args, **values), lines
+
+
+def resolve_dataset_ids(env_id: str) -> list[str]:
+    """Map a D4RL name to the Minari ids to load (concatenated), or pass a Minari id through."""
+    m = re.fullmatch(r"(halfcheetah|hopper|walker2d)-([a-z-]+)-v2", env_id)
+    if m and m.group(2) in D4RL_TO_MINARI:
+        task, kind = m.groups()
+        if D4RL_TO_MINARI[kind] is None:
+            available = ", ".join(f"{task}-{k}-v2" for k, v in D4RL_TO_MINARI.items() if v)
+            raise UserError(f"'{env_id}' has no Minari counterpart (Minari hosts no {kind} locomotion data; Minari "
+                            f"issue 318). Available: {available}, or any Minari id such as mujoco/{task}/simple-v0.")
+        return [f"mujoco/{task}/{name}" for name in D4RL_TO_MINARI[kind]]
+    m = re.fullmatch(r"([a-z]+)-(human|cloned|expert)-v[01]", env_id)
+    if m and m.group(1) in ADROIT_TASKS:
+        return [f"D4RL/{m.group(1)}/{m.group(2)}-v2"]
+    m = re.fullmatch(r"kitchen-([a-z]+)-v0", env_id)
+    if m and m.group(1) in KITCHEN_TASKS:
+        return [f"D4RL/kitchen/{m.group(1)}-v2"]
+    if re.fullmatch(r"(antmaze|maze2d)-.*", env_id):
+        raise UserError(f"'{env_id}' is a maze dataset: use iql_antmaze.py for it.")
+    if "/" in env_id and MINARI_ID.match(env_id):
+        return [env_id]
+    raise UserError(f"unknown env id '{env_id}'. Use a D4RL name {{halfcheetah,hopper,walker2d}}-{{medium,expert,"
+                    f"medium-expert}}-v2, {{{','.join(ADROIT_TASKS)}}}-{{human,cloned,expert}}-v1, kitchen-"
+                    f"{{{','.join(KITCHEN_TASKS)}}}-v0, or a Minari id namespace/name-vN (e.g. mujoco/hopper/medium-v0).")
+
+
+def first_line(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:150]}" if str(e) else type(e).__name__
+
+
+def load_minari_dataset(dataset_id: str):
+    """Load a dataset from MINARI_DATASETS_PATH (default ~/.minari/datasets), downloading it if it is not there."""
+    import minari
+
+    if os.environ.get("MINARI_DATASETS_PATH") == "":
+        raise UserError("MINARI_DATASETS_PATH is set but empty: unset it (~/.minari/datasets) or name a folder")
+    root = Path(os.environ.get("MINARI_DATASETS_PATH", Path.home() / ".minari" / "datasets"))
+    if (root / dataset_id / "data").is_dir():
+        try:
+            return minari.load_dataset(dataset_id)
+        except Exception as e:  # a truncated download or a corrupt file
+            raise UserError(f"cannot read dataset '{dataset_id}' from {root / dataset_id / 'data'} ({first_line(e)});"
+                            " delete that folder and download it again") from None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)  # our own file: numpy RNG states inside
-    except Exception as e:
-        raise UserError(f"cannot read checkpoint {path} ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
-    if not isinstance(state, dict) or not {"step", "args", "rng", "optimizers"} <= set(state):
-        raise UserError(f"{path} is not a checkpoint_{{step}}.pt file of this script (--save-model files cannot resume)")
-    script = os.path.basename(__file__)
-    if state.get("script", script) != script:  # older checkpoints carry no name: their settings are checked below
-        raise UserError(f"{path} was written by {state['script']}, not {script}: resume it with {state['script']}")
-    unknown = sorted(set(state["args"]) - {f.name for f in fields(Args)})
-    if unknown:
-        raise UserError(f"{path} has settings {script} does not know ({', '.join(unknown)}): it was written by "
-                        "another script or another version of this one")
-    return state
+        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+            raise ConnectionError("HF_HUB_OFFLINE is set")
+        print(f"{dataset_id} is not in {root}: downloading it (HF_HUB_OFFLINE=1 skips the attempt) ...", flush=True)
+        from huggingface_hub.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()  # one message below instead of one per retry
+        return minari.load_dataset(dataset_id, download=True)
+    except Exception as e:  # no network, no huggingface_hub, or not on the server
+        folder = root / dataset_id.rsplit("/", 1)[0]
+        there = sorted(str(p.parent.relative_to(root)) for p in folder.glob("*/data")) if folder.is_dir() else []
+        raise UserError(f"dataset '{dataset_id}' is not in {root} (MINARI_DATASETS_PATH) and could not be downloaded "
+                        f"({first_line(e)}). " + (f"Datasets in {folder}: {', '.join(there)}." if there else
+                        f"On a machine with network run `minari download {dataset_id}` and copy {root / dataset_id} "
+                        "here, or point MINARI_DATASETS_PATH at the folder that holds it.")) from None
 
 
-def restore_state(state: dict, networks: Networks, eval_rng) -> tuple[int, list]:
-    """Load a read_state() dict into the networks, optimisers, schedule and random generators; returns
-    (step, evaluations so far)."""
-    try:
-        for name in ("actor", "critic", "target_critic", "value"):
-            getattr(networks, name).load_state_dict(state[name])
-    except RuntimeError as e:
-        raise UserError(f"the checkpoint does not fit these networks ({' '.join(str(e).split())[:150]})") from None
-    for opt, saved in zip(networks.optimizers, state["optimizers"]):
-        lrs = [group["lr"] for group in opt.param_groups]
-        opt.load_state_dict(saved)
-        # load_state_dict puts the checkpoint's (CPU) learning-rate tensors in the groups: put back this run's device
-        # tensors, with the saved values, so that the schedule still updates what a captured CUDA graph reads
-        for group, lr in zip(opt.param_groups, lrs):
-            group["lr"] = lr.fill_(float(group["lr"]))
-    networks.actor_schedule.load_state_dict(state["actor_schedule"])
-    rng = state["rng"]
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    np.random.set_state(rng["numpy"])
-    random.setstate(rng["python"])
-    eval_rng.bit_generator.state = rng["eval"]
-    return state["step"], state["evaluations"]
+def flat_observations(obs) -> np.ndarray:
+    """The network input: the observation array itself, or Kitchen's `observation` entry. Kitchen's goal dicts
+    are left out: the desired goals are the same in every episode of a dataset, and the achieved ones repeat
+    object positions that `observation` already holds."""
+    return obs["observation"] if isinstance(obs, dict) else obs
 
 
-STOPPED = 75  # exit status of a run stopped by a signal after saving a checkpoint (sysexits' EX_TEMPFAIL: retry)
+def flatten_episodes(episodes) -> dict[str, np.ndarray]:
+    """Turn Minari episodes (T+1 observations each) into aligned transition arrays. Truncated transitions are
+    kept: their next observation is real, so they bootstrap. `episode_ends` marks each episode's last transition
+    (for reward normalisation only)."""
+    parts = {k: [] for k in ("observations", "actions", "rewards", "next_observations", "terminals", "episode_ends")}
+    for ep in episodes:
+        obs = flat_observations(ep.observations)
+        for key, x in (("observations", obs[:-1]), ("next_observations", obs[1:]), ("actions", ep.actions),
+                       ("rewards", ep.rewards), ("terminals", ep.terminations),
+                       ("episode_ends", np.arange(len(ep.rewards)) == len(ep.rewards) - 1)):
+            parts[key].append(x)
+    data = {k: np.concatenate(parts[k], dtype=np.float32)  # casts while copying, in one pass
+            for k in ("observations", "actions", "rewards", "next_observations")}
+    data["terminals"] = np.concatenate(parts["terminals"]).astype(bool)
+    data["episode_ends"] = np.concatenate(parts["episode_ends"])
+    # IK clips dataset actions so that log-probs stay finite near the bounds (an infinite one is left for check_data).
+    np.clip(data["actions"], -1 + 1e-5, 1 - 1e-5, out=data["actions"], where=np.isfinite(data["actions"]))
+    return data
 
 
-class StopSignal:
-    """SIGINT (Ctrl-C), SIGTERM (a cluster's pre-emption) and SIGUSR1/SIGUSR2 (what SLURM's `--signal` sends ahead of
-    a time limit) set a flag instead of killing the run: the loop saves a checkpoint at the next step boundary and
-    exits (status STOPPED) with the command that resumes it. At the last step the run simply finishes."""
+def trajectory_ends(observations, next_observations, terminals, episode_ends) -> np.ndarray:
+    """Where a trajectory ends: a terminal, a known episode end, or (IK `dataset_utils.py`) a row whose
+    next observation differs from the following row's observation by more than 1e-6. The last row ends one."""
+    ends = terminals | episode_ends
+    ends[:-1] |= np.linalg.norm(observations[1:] - next_observations[:-1], axis=-1) > 1e-6
+    ends[-1] = True
+    return ends
 
-    def __init__(self):
-        self.name = None
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
-            signal.signal(sig, self.set)
 
-    def set(self, signum, frame):
-        self.name = signal.Signals(signum).name
+def reward_scale(rewards, ends) -> float:
+    """IK's locomotion reward normalisation: 1000 / (max - min undiscounted trajectory return)."""
+    returns = np.bincount(np.concatenate([[0], np.cumsum(ends[:-1])]), weights=rewards)
+    if returns.max() == returns.min():
+        raise UserError("reward normalisation needs trajectories with different returns; use --no-normalize-reward")
+    return float(1000.0 / (returns.max() - returns.min()))
+
+
+def read_episodes(datasets):
+    """Every episode of the datasets, in order; a truncated or corrupt data file is reported by name."""
+    for dataset in datasets:
+        try:
+            yield from dataset.iterate_episodes()
+        except OSError as e:
+            raise UserError(f"cannot read {dataset.spec.data_path} ({first_line(e)}); delete that folder and "
+                            "download the dataset again") from None
+
+
+def check_data(data: dict, env_id: str):
+    """Refuse NaN or infinite values in the dataset: one of them turns every loss into NaN within a few updates."""
+    for key in ("observations", "next_observations", "actions", "rewards"):
+        bad = ~np.isfinite(data[key]).reshape(len(data[key]), -1).all(axis=1)
+        if bad.any():
+            raise UserError(f"dataset '{env_id}' has NaN or infinite {key} ({bad.sum()} transitions, the first "
+                            f"at index {bad.argmax()}): clean the data or choose another dataset")
+
+
+def sample_batch(data: Batch, batch_size: int) -> Batch:
+    """Uniform minibatch; the indices are drawn on the data's device (no host round trip)."""
+    idx = torch.randint(len(data.rewards), (batch_size,), device=data.rewards.device)
+    return Batch(*(x[idx] for x in data))
+
+
+def load_data(args: Args, device):
+    """Load, flatten and transform the dataset(s); returns (Batch on device, first dataset, info dict)."""
+    dataset_ids = resolve_dataset_ids(args.env_id)
+    datasets = [load_minari_dataset(i) for i in dataset_ids]
+    first = datasets[0]
+    env_name = first.env_spec.name if first.env_spec is not None else ""
+    domain, task = env_domain(env_name), ENV_TO_TASK.get(env_name)
+    if domain == "maze":
+        raise UserError(f"'{args.env_id}' is a maze dataset ({env_name}): use iql_antmaze.py for it.")
+    if isinstance(first.observation_space, gym.spaces.Dict) and domain != "kitchen":
+        raise UserError(f"'{args.env_id}' has dict observations ({', '.join(first.observation_space.spaces)}) from "
+                        f"{env_name or 'an unknown env'}: this script takes flat observations and Kitchen's.")
+    data = flatten_episodes(read_episodes(datasets))
+    check_data(data, args.env_id)
+    scale = 1.0  # only locomotion rewards are scaled (IK); Adroit and Kitchen rewards stay as stored
+    if args.normalize_reward and domain == "locomotion":
+        ends = trajectory_ends(data["observations"], data["next_observations"], data["terminals"], data["episode_ends"])
+        scale = reward_scale(data["rewards"], ends)
+    data["rewards"] = data["rewards"] * np.float32(scale)
+    data["masks"] = 1.0 - data["terminals"].astype(np.float32)
+    batch = Batch(*(torch.from_numpy(data[k]).to(device) for k in Batch._fields))
+    return batch, first, {"domain": domain, "task": task, "reward_scale": scale, "dataset_ids": dataset_ids}
 
 
 # ----------------------------------------------------------------------------------------------
 # Evaluation
 # ----------------------------------------------------------------------------------------------
+# D4RL's Kitchen evaluation: each task pays once and is then removed; the episode ends when all are done (the return
+# counts the tasks completed). Minari's Kitchen data were recorded with tasks kept, so their rewards repeat on every
+# step while a task stays done: training uses them as stored, evaluation scores the D4RL way.
+KITCHEN_EVAL = {"remove_task_when_completed": True, "terminate_on_tasks_completed": True}
+
+
 def make_eval_envs(env_spec, num_envs: int, render: bool = False, **overrides) -> gym.vector.SyncVectorEnv:
     """A sync vector env of the dataset's eval env (keyword overrides go to every env); with render, the first
-    env renders rgb frames. Sync, not async: faster for 100 PointMaze envs on a 2-core machine (README, Speed)."""
+    env renders rgb frames. Sync, not async: faster for 100 PointMaze envs on a 2-core machine."""
     kwargs = [{**overrides, "render_mode": "rgb_array"} if render and i == 0 else overrides for i in range(num_envs)]
     return gym.vector.SyncVectorEnv([lambda kw=kw: gym.make(env_spec, **kw) for kw in kwargs])
 
 
 def evaluate(actor: Actor, envs: gym.vector.SyncVectorEnv, seeds: list[int], device, frames=None) -> np.ndarray:
     """One full episode per env with the deterministic action; returns each env's undiscounted return.
-
-    Gymnasium's vector envs autoreset on the step after an episode ends, so each env's first episode
-    is counted through a done mask and later steps are ignored. With `frames` (a list), the first env's
-    episode is rendered into it.
-    """
+    The vector env autoresets after an episode ends, so each env's first episode is counted through a done mask.
+    With `frames` (a list), the first env's episode is rendered into it."""
     actor.eval()  # dropout off
     obs, _ = envs.reset(seed=seeds)
-    returns = np.zeros(envs.num_envs)
-    done = np.zeros(envs.num_envs, dtype=bool)
+    returns, done = np.zeros(envs.num_envs), np.zeros(envs.num_envs, dtype=bool)
     while not done.all():
         if frames is not None and not done[0]:
             frames.append(envs.envs[0].render())
@@ -768,27 +615,157 @@ def reference_scores(dataset, env_task: Optional[str]):
     return None, None, "no reference scores in the dataset and no D4RL constants for this env"
 
 
-# D4RL's Kitchen evaluation: each task pays once and is then removed; the episode ends when all are done (the
-# return counts the tasks completed). Minari recorded its Kitchen data with tasks kept, so its rewards repeat
-# on every step while a task stays done: training uses them as stored, evaluation scores the D4RL way.
-KITCHEN_EVAL = {"remove_task_when_completed": True, "terminate_on_tasks_completed": True}
+def check_video(envs, seed: int):
+    """Fail now, not at the first evaluation, where --capture-video cannot render or write."""
+    try:
+        import moviepy  # noqa: F401  (gymnasium's save_video writes with it)
+
+        envs.reset(seed=seed)
+        envs.envs[0].render()
+    except Exception as e:
+        raise UserError(f"--capture-video cannot render ({first_line(e)}); on a headless machine set MUJOCO_GL=egl, "
+                        "and pip install moviepy") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Training state: checkpoints that resume exactly, and a clean stop on SIGINT / SIGTERM / SIGUSR1 / SIGUSR2
+# ----------------------------------------------------------------------------------------------
+STOPPED = 75  # exit status of a run stopped by a signal after saving a checkpoint (sysexits' EX_TEMPFAIL: retry)
+NETS = ("actor", "critic", "target_critic", "value")
+
+
+def save_state(path: str, step: int, networks: Networks, args: Args, eval_rng, evaluations: list,
+               extra: Optional[dict] = None) -> str:
+    """Everything a resumed run needs to continue exactly: the networks, optimisers and schedule, the step, the
+    evaluations, every random generator, and what the script adds in `extra`. Written under a temporary name, then
+    renamed, so that an interrupted write never leaves a broken checkpoint."""
+    rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+           "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+           "eval": eval_rng.bit_generator.state}
+    torch.save({"script": os.path.basename(__file__), "step": step, "args": asdict(args), "evaluations": evaluations,
+                **(extra or {}), **{name: getattr(networks, name).state_dict() for name in NETS},
+                "optimizers": [opt.state_dict() for opt in networks.optimizers],
+                "actor_schedule": networks.actor_schedule.state_dict(), "rng": rng}, path + ".tmp")
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def read_state(path: str) -> dict:
+    """A checkpoint of this script, checked before anything is built from it."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)  # our own file: numpy RNG states inside
+    except Exception as e:
+        raise UserError(f"cannot read checkpoint {path} ({first_line(e)})") from None
+    script = os.path.basename(__file__)
+    if not isinstance(state, dict) or not {"step", "args", "rng", "optimizers"} <= set(state):
+        raise UserError(f"{path} is not a checkpoint_{{step}}.pt file of this script (--save-model files cannot resume)")
+    if state.get("script", script) != script:  # older checkpoints carry no name: their settings are checked below
+        raise UserError(f"{path} was written by {state['script']}, not {script}: resume it with {state['script']}")
+    unknown = sorted(set(state["args"]) - {f.name for f in fields(Args)})
+    if unknown:
+        raise UserError(f"{path} has settings {script} does not know ({', '.join(unknown)}): it was written by "
+                        "another script or another version of this one")
+    return state
+
+
+def restore_state(state: dict, networks: Networks, eval_rng) -> tuple[int, list]:
+    """Load a read_state() dict into the networks, optimisers, schedule and random generators; returns
+    (step, evaluations so far)."""
+    try:
+        for name in NETS:
+            getattr(networks, name).load_state_dict(state[name])
+    except RuntimeError as e:
+        raise UserError(f"the checkpoint does not fit these networks ({' '.join(str(e).split())[:150]})") from None
+    for opt, saved in zip(networks.optimizers, state["optimizers"]):
+        lrs = [group["lr"] for group in opt.param_groups]
+        opt.load_state_dict(saved)
+        # load_state_dict swaps in the checkpoint's (CPU) learning-rate tensors: put this run's device tensors back,
+        # with the saved values, so that the schedule still updates what a captured CUDA graph reads
+        for group, lr in zip(opt.param_groups, lrs):
+            group["lr"] = lr.fill_(float(group["lr"]))
+    networks.actor_schedule.load_state_dict(state["actor_schedule"])
+    rng = state["rng"]
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+    eval_rng.bit_generator.state = rng["eval"]
+    return state["step"], state["evaluations"]
+
+
+def run_folder(args: Args):
+    """(args, saved state or None, run folder). --resume continues a run in its own folder with its own settings,
+    except the device flags of this command: they change where and how fast it runs, not what it computes."""
+    if not args.resume:
+        return args, None, Path("runs") / f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}".replace(
+            "/", "-")
+    state = read_state(args.resume)
+    args = replace(Args(**state["args"]), resume=args.resume, cuda=args.cuda, compile=args.compile,
+                   cudagraphs=args.cudagraphs)
+    print(f"resuming {Path(args.resume).parent.name} from step {state['step']:,} with its own settings (of this "
+          "command's flags only --cuda, --compile and --cudagraphs are used)")
+    return args, state, Path(args.resume).parent
+
+
+class StopSignal:
+    """SIGINT (Ctrl-C), SIGTERM (a cluster's pre-emption) and SIGUSR1/SIGUSR2 (what SLURM's `--signal` sends ahead of
+    a time limit) set a flag instead of killing the run: the loop saves a checkpoint at the next step and exits
+    (status STOPPED) with the command that resumes it. At the last step the run simply finishes."""
+
+    def __init__(self):
+        self.name = None
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+            signal.signal(sig, self.set)
+
+    def set(self, signum, frame):
+        self.name = signal.Signals(signum).name
+
+    def exit(self, step: int, path: str):
+        """Exit with STOPPED and a resume command that can be pasted: the path quoted, the dataset folder carried."""
+        data = os.environ.get("MINARI_DATASETS_PATH")
+        env = f"MINARI_DATASETS_PATH={shlex.quote(str(Path(data).resolve()))} " if data else ""
+        print(f"{self.name} at step {step:,}: saved {path}; continue with: {env}python {os.path.basename(__file__)} "
+              f"--resume {shlex.quote(path)}", file=sys.stderr)
+        sys.exit(STOPPED)
+
+
+def progress_line(step: int, total: int, rate: float, last_eval: str) -> str:
+    """The line every script prints at each log step."""
+    eta = int((total - step) / max(rate, 1e-9))
+    return (f"step {step:,}/{total:,}  {rate:.0f} updates/s  ETA {eta // 3600}h{eta % 3600 // 60:02d}m{eta % 60:02d}s  "
+            f"last evaluation: {last_eval}")
+
+
+def check_finite(losses: dict, step: int):
+    """Stop a run whose losses became NaN or infinite (checked at log steps only: no extra host sync)."""
+    bad = [f"{tag} = {v}" for tag, v in losses.items() if not math.isfinite(v)]
+    if bad:
+        raise UserError(f"step {step:,}: {', '.join(bad)}; the run diverged (try a lower --learning-rate, "
+                        "or check the data for extreme values)")
+
+
+def make_writer(args: Args, run_dir: Path, start: int, device, texts: dict):
+    """TensorBoard (and W&B with --track), continuing without repeated steps after a resume."""
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                   config=vars(args), name=run_dir.name, save_code=True)
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(run_dir), purge_step=start + 1 if start else None)
+    table = {**vars(args), "device used": device}
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in table.items()))
+    for tag, text in texts.items():
+        writer.add_text(tag, text)
+    print(f"run folder: {run_dir}")
+    return writer
 
 
 def main(args: Args):
     check_args(args)
-    state = None
-    if args.resume:  # continue a run: its settings, its folder (wherever that is), its step
-        state = read_state(args.resume)
-        # The device flags come from this command (they change where and how fast it runs, not what it computes)
-        args = replace(Args(**state["args"]), resume=args.resume, cuda=args.cuda, compile=args.compile,
-                       cudagraphs=args.cudagraphs)  # checked above, with the command's flags
-        run_dir = Path(args.resume).parent
-        run_name = run_dir.name
-        print(f"resuming {run_name} from step {state['step']:,} with its own settings (of this command's flags only "
-              "--cuda, --compile and --cudagraphs are used)")
-    else:
-        run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}".replace("/", "-")
-        run_dir = Path("runs") / run_name
+    args, state, run_dir = run_folder(args)
     given_args = args  # before the domain defaults fill it in: what a checkpoint keeps
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -796,62 +773,39 @@ def main(args: Args):
     torch.backends.cudnn.deterministic = args.torch_deterministic
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
-    # Data: the whole dataset lives on the training device.
     t0 = time.time()
-    data, dataset, info = load_data(args, device)
-    n, obs_dim = data.observations.shape
-    act_dim = data.actions.shape[1]
+    data, dataset, info = load_data(args, device)  # the whole dataset lives on the training device
+    (n, obs_dim), act_dim = data.observations.shape, data.actions.shape[1]
     print(f"loaded {args.env_id}: {n:,} transitions, obs {obs_dim}, action {act_dim}, "
           f"reward scale {info['reward_scale']:.4g} ({time.time() - t0:.1f}s) on {device}")
     if info["domain"] is None:
-        print(f"note: {dataset.env_spec.id if dataset.env_spec else 'this env'} is none of the known domains: "
-              "the locomotion hyperparameters apply, and its rewards stay unscaled")
+        print(f"note: {dataset.env_spec.id if dataset.env_spec else 'this env'} is none of the known domains: the "
+              "locomotion hyperparameters apply, and its rewards stay unscaled")
     args, table = with_domain_defaults(args, info["domain"] or "locomotion")
     print("hyperparameters:\n" + "\n".join(table))
     if args.batch_size > n:
         raise UserError(f"--batch-size {args.batch_size} is larger than the dataset ({n} transitions)")
-
-    eval_spec = dataset.recover_environment(eval_env=True).spec
     ref_min, ref_max, ref_source = reference_scores(dataset, info["task"])
     print(f"normalised score from {ref_source}" + ("" if ref_min is not None else ": logging the return only"))
-    if dataset.spec.dataset_id.startswith("mujoco/"):
-        print("note: Minari's mujoco/* datasets were regenerated on -v5 envs; scores are not comparable with D4RL's")
-    envs = make_eval_envs(eval_spec, args.eval_episodes, render=args.capture_video,
-                          **(KITCHEN_EVAL if info["domain"] == "kitchen" else {}))
-    if args.capture_video:  # fail now, not at the first evaluation
-        try:
-            from gymnasium.utils.save_video import save_video
-
-            envs.reset(seed=args.seed)
-            envs.envs[0].render()
-        except Exception as e:
-            raise UserError(f"--capture-video cannot render ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
-                            "on a headless machine set MUJOCO_GL=egl (or osmesa), and pip install moviepy") from None
+    envs = make_eval_envs(dataset.recover_environment(eval_env=True).spec, args.eval_episodes,
+                          render=args.capture_video, **(KITCHEN_EVAL if info["domain"] == "kitchen" else {}))
+    if args.capture_video:
+        check_video(envs, args.seed)
     eval_rng = np.random.default_rng(args.seed)  # fresh, reproducible episode seeds for every evaluation
 
     networks = make_networks(obs_dim, act_dim, args, device, lr_decay_steps=args.total_steps)
-    actor, critic, target_critic, value, _, _ = networks
     mode = "+".join(m for m in ("compile", "cudagraphs") if getattr(args, m)) or None
     train_step = make_train_step(lambda: sample_batch(data, args.batch_size), networks, args, mode)
+    start, evaluations = (0, []) if state is None else restore_state(state, networks, eval_rng)  # (step, return, score)
+    writer = make_writer(args, run_dir, start, device, {
+        "domain defaults": "\n".join(table),
+        "dataset": f"{args.env_id} -> {', '.join(info['dataset_ids'])}; {n} transitions; reward scale "
+                   f"{info['reward_scale']}; scores from {ref_source}"})
 
-    if args.track:
-        import wandb
+    def summary(e):
+        return f"return {e[1]:.2f}" + (f", normalized {e[2]:.2f}" if e[2] is not None else "")
 
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
-                   config=vars(args), name=run_name, save_code=True)
-    from torch.utils.tensorboard import SummaryWriter
-
-    start, evaluations = 0, []  # evaluations: (step, mean return, normalised score or None)
-    if state is not None:
-        start, evaluations = restore_state(state, networks, eval_rng)
-    writer = SummaryWriter(str(run_dir), purge_step=start + 1 if start else None)  # no repeated steps
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
-    writer.add_text("domain defaults", "\n".join(table))
-    writer.add_text("dataset", f"{args.env_id} -> {', '.join(info['dataset_ids'])}; "
-                               f"{n} transitions; reward scale {info['reward_scale']}; scores from {ref_source}")
-
-    start_time, last_eval = time.time(), "none yet"
-    stop = StopSignal()
+    start_time, stop = time.time(), StopSignal()
     for step in range(start + 1, args.total_steps + 1):
         metrics = train_step()
 
@@ -863,24 +817,26 @@ def main(args: Args):
             writer.add_scalar("charts/actor_lr", args.learning_rate * cosine_decay(step - 1, args.total_steps), step)
             rate = (step - start) / (time.time() - start_time)
             writer.add_scalar("charts/SPS", int(rate), step)
-            print(progress_line(step, args.total_steps, rate, last_eval), flush=True)
+            print(progress_line(step, args.total_steps, rate, summary(evaluations[-1]) if evaluations else "none yet"),
+                  flush=True)
 
         if step % args.eval_freq == 0 or step == args.total_steps:
             frames = [] if args.capture_video else None
-            returns = evaluate(actor, envs, eval_rng.integers(2**31, size=args.eval_episodes).tolist(), device, frames)
+            returns = evaluate(networks.actor, envs, eval_rng.integers(2**31, size=args.eval_episodes).tolist(),
+                               device, frames)
             if frames:
-                save_video(frames, f"videos/{run_name}", fps=envs.envs[0].metadata["render_fps"],
+                from gymnasium.utils.save_video import save_video
+
+                save_video(frames, f"videos/{run_dir.name}", fps=envs.envs[0].metadata["render_fps"],
                            name_prefix=f"eval-step-{step}", episode_trigger=lambda _: True)
+            score = None if ref_min is None else 100 * (returns.mean() - ref_min) / (ref_max - ref_min)
             writer.add_scalar("charts/episodic_return", returns.mean(), step)
-            line = f"step {step:>8,}  return {returns.mean():9.2f} +- {returns.std():7.2f}"
-            score = None
-            if ref_min is not None:
-                score = 100 * (returns.mean() - ref_min) / (ref_max - ref_min)
+            if score is not None:
                 writer.add_scalar("charts/normalized_score", score, step)
-                line += f"  normalized {score:7.2f}"
             evaluations.append((step, returns.mean(), score))
-            last_eval = f"return {returns.mean():.2f}" + (f", normalized {score:.2f}" if score is not None else "")
-            print(f"{line}  SPS {int((step - start) / (time.time() - start_time))}", flush=True)
+            print(f"step {step:>8,}  return {returns.mean():9.2f} +- {returns.std():7.2f}"
+                  + (f"  normalized {score:7.2f}" if score is not None else "")
+                  + f"  SPS {int((step - start) / (time.time() - start_time))}", flush=True)
 
         stopping = stop.name is not None and step < args.total_steps
         if stopping or (args.checkpoint_freq and (step % args.checkpoint_freq == 0 or step == args.total_steps)):
@@ -889,29 +845,24 @@ def main(args: Args):
             if stopping:
                 writer.close()
                 envs.close()
-                print(f"{stop.name} at step {step:,}: saved {path}; continue with: "
-                      f"python {os.path.basename(__file__)} --resume {path}", file=sys.stderr)
-                sys.exit(STOPPED)
+                stop.exit(step, path)
 
-    # Report the final evaluation; the best one is labelled as such (it is selected on the evaluation itself).
+    # The final evaluation, and the best one labelled as such (it is selected on the evaluations themselves).
     key = 2 if ref_min is not None else 1
     final, best = evaluations[-1], max(evaluations, key=lambda e: e[key])
     print(f"final (step {final[0]:,}): {'normalized' if key == 2 else 'return'} {final[key]:.2f}; "
           f"best evaluation (step {best[0]:,}): {best[key]:.2f}")
-
     if args.save_model:
         path = str(run_dir / f"{args.exp_name}.pt")
         torch.save({"args": asdict(args), "obs_dim": obs_dim, "act_dim": act_dim, "reward_scale": info["reward_scale"],
-                    "actor": actor.state_dict(), "critic": critic.state_dict(),
-                    "target_critic": target_critic.state_dict(), "value": value.state_dict()}, path)
+                    **{name: getattr(networks, name).state_dict() for name in NETS}}, path)
         print(f"model saved to {path}")
     envs.close()
     writer.close()
 
 
 if __name__ == "__main__":
-    args = tyro.cli(Args)
     try:
-        main(args)
+        main(tyro.cli(Args))
     except UserError as e:  # user mistakes: one line, no traceback
         sys.exit(f"error: {e}")

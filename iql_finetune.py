@@ -8,8 +8,6 @@ step and one update each, constant learning rates; expectile and temperature per
 0.9 and 10).
 
     python iql_finetune.py --env-id antmaze-umaze-v2
-    MINARI_DATASETS_PATH=../shared/datasets python iql_finetune.py --env-id local/pointmaze/umaze-v0 \
-        --offline-steps 5000 --online-steps 20000 --eval-freq 5000 --eval-episodes 20
 
 The update is the one in iql_continuous.py and iql_antmaze.py (copied on purpose, tested identical); so is the
 data handling: maze datasets (dict observations) as iql_antmaze.py, flat ones (locomotion, Adroit) as
@@ -32,6 +30,7 @@ import os
 import pickle
 import random
 import re
+import shlex
 import signal
 import sys
 import time
@@ -46,25 +45,30 @@ import torch
 import torch.nn as nn
 import tyro
 
-with contextlib.redirect_stderr(io.StringIO()):  # hush a notice about Adroit reward versions printed on import
-    import gymnasium_robotics
-gym.register_envs(gymnasium_robotics)  # AntMaze_*, PointMaze_* and AdroitHand* envs
+try:
+    with contextlib.redirect_stderr(io.StringIO()):  # hush a notice about Adroit reward versions printed on import
+        import gymnasium_robotics  # AntMaze_*, PointMaze_* and AdroitHand* envs
+except (ImportError, AttributeError) as e:  # MuJoCo's renderer could not load the library MUJOCO_GL names
+    sys.exit(f"error: importing gymnasium_robotics failed ({type(e).__name__}: {e}) with MUJOCO_GL="
+             f"{os.environ.get('MUJOCO_GL')}: set MUJOCO_GL=egl, or install that OpenGL library")
+gym.register_envs(gymnasium_robotics)
 
 
 @dataclass
+@dataclass
 class Args:
-    # --- experiment ---
+    """IQL: offline pre-training on a maze, locomotion or Adroit dataset, then online fine-tuning."""
+
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
     """the name of this experiment (part of the run name)"""
     seed: int = 1
     """seed of the experiment (torch, numpy, random, the online env, evaluation episodes)"""
     torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True` (CleanRL's flag; these MLPs use no cuDNN kernels, so it
-    changes nothing here, and CPU runs are deterministic anyway)"""
+    """if toggled, `torch.backends.cudnn.deterministic=True` (CleanRL's flag; no cuDNN kernel runs here)"""
     cuda: bool = True
     """if toggled, train on the GPU when one is available"""
     track: bool = False
-    """if toggled, log to Weights & Biases (imported only then)"""
+    """if toggled, log to Weights & Biases"""
     wandb_project_name: str = "iql"
     """the Weights & Biases project name"""
     wandb_entity: Optional[str] = None
@@ -78,7 +82,6 @@ class Args:
     """a file saved by --save-model (this script's offline one, or iql_antmaze.py's / iql_continuous.py's):
     start from it and skip pre-training"""
 
-    # --- data ---
     env_id: str = "antmaze-umaze-v2"
     """a D4RL name (antmaze-*-v2, maze2d-*-v1, pen-human-v1, hopper-medium-v2, ...) or a Minari dataset id"""
     goal_input: bool = True
@@ -86,7 +89,6 @@ class Args:
     normalize_reward: bool = True
     """locomotion: scale rewards by 1000 / (max - min trajectory return) of the dataset, online rewards too"""
 
-    # --- algorithm ---
     offline_steps: int = 1_000_000
     """gradient updates on the dataset alone, before any interaction"""
     online_steps: int = 1_000_000
@@ -116,7 +118,6 @@ class Args:
     cudagraphs: bool = False
     """if toggled (CUDA only), capture one update in a CUDA graph and replay it every step"""
 
-    # --- evaluation and logging ---
     eval_freq: int = 100_000
     """evaluate every this many updates, at the phase change and at the end"""
     eval_episodes: int = 100
@@ -130,29 +131,327 @@ class Args:
     """a checkpoint_{step}.pt file: continue its run (its settings but the device flags, its folder) from that step"""
 
 
-# D4RL names -> Minari ids (SPEC section 5). Mazes as in iql_antmaze.py, locomotion as in iql_continuous.py.
+# ----------------------------------------------------------------------------------------------
+# Losses (pure functions of tensors)
+# ----------------------------------------------------------------------------------------------
+class Batch(NamedTuple):
+    observations: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    next_observations: torch.Tensor
+    masks: torch.Tensor  # 1 - terminal: 0 stops bootstrapping; truncations keep 1
+
+
+def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
+    """Asymmetric L2 of paper eq. 5: weight `expectile` where diff = q - v > 0, `1 - expectile` elsewhere."""
+    weight = torch.where(diff > 0, expectile, 1 - expectile)
+    return (weight * diff.square()).mean()
+
+
+def awr_loss(log_prob, advantage, temperature: float, max_weight: float):
+    """Advantage-weighted regression (paper eq. 7): -mean(min(exp(beta * A), max_weight) * log pi(a|s)).
+    The weights carry no gradient. Returns (loss, weights)."""
+    weights = torch.exp(temperature * advantage.detach()).clamp(max=max_weight)
+    return -(weights * log_prob).mean(), weights
+
+
+def td_target(rewards, masks, next_v, gamma: float) -> torch.Tensor:
+    """r + gamma * mask * V(s'): masks are 0 on terminal transitions only (truncations bootstrap)."""
+    return rewards + gamma * masks * next_v
+
+
+def q_loss(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Sum over the twin critics (leading axis) of their mean squared TD errors, as IK sums them."""
+    return (q - target).square().mean(dim=-1).sum()
+
+
+def gaussian_log_prob(actions, mean, log_std) -> torch.Tensor:
+    """log N(actions; mean, exp(log_std)), summed over action dimensions."""
+    z = (actions - mean) * torch.exp(-log_std)
+    return (-0.5 * z.square() - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def cosine_decay(step: int, total_steps: int) -> float:
+    """Actor LR multiplier: cosine from 1 to 0 over total_steps, then held at 0 (optax cosine_decay_schedule)."""
+    return 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+
+
+# ----------------------------------------------------------------------------------------------
+# Networks: 2x256 ReLU MLPs, orthogonal init with gain sqrt(2) and zero bias everywhere (IK `common.py`)
+# ----------------------------------------------------------------------------------------------
+def mlp(in_dim: int, out_dim: int, hidden_dim: int, dropout: Optional[float] = None) -> nn.Sequential:
+    layers = []
+    for d_in in (in_dim, hidden_dim):
+        layers += [nn.Linear(d_in, hidden_dim), nn.ReLU()] + ([nn.Dropout(dropout)] if dropout else [])
+    layers.append(nn.Linear(hidden_dim, out_dim))
+    for layer in layers:
+        if isinstance(layer, nn.Linear):
+            nn.init.orthogonal_(layer.weight, gain=math.sqrt(2))
+            nn.init.zeros_(layer.bias)
+    return nn.Sequential(*layers)
+
+
+class TwinQ(nn.Module):
+    """Q1 and Q2 in one module: each layer's weights are stacked on a leading axis of 2, so both critics
+    run as one batched matmul per layer. Returns q of shape (2, batch)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, num_q: int = 2):
+        super().__init__()
+        sizes = [obs_dim + act_dim, hidden_dim, hidden_dim, 1]
+        self.weights, self.biases = nn.ParameterList(), nn.ParameterList()
+        for d_in, d_out in zip(sizes[:-1], sizes[1:]):
+            # orthogonal_ on each critic's (out, in) matrix, as nn.Linear stores it, then transposed for bmm
+            w = torch.stack([nn.init.orthogonal_(torch.empty(d_out, d_in), gain=math.sqrt(2)).T for _ in range(num_q)])
+            self.weights.append(nn.Parameter(w))
+            self.biases.append(nn.Parameter(torch.zeros(num_q, 1, d_out)))
+
+    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([obs, actions], -1).expand(len(self.weights[0]), -1, -1)
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            x = torch.baddbmm(b, x, w)
+            x = torch.relu(x) if i < len(self.weights) - 1 else x
+        return x.squeeze(-1)
+
+
+class Value(nn.Module):
+    def __init__(self, obs_dim: int, hidden_dim: int):
+        super().__init__()
+        self.net = mlp(obs_dim, 1, hidden_dim)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.net(obs).squeeze(-1)
+
+
+class Actor(nn.Module):
+    """Gaussian policy: mean = tanh(MLP(s)) (tanh on the mean, no squashed distribution, as IK `policy.py`)
+    and a state-independent log-std clamped to [-5, 2] (CORL uses -20 as the floor)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, dropout: Optional[float] = None):
+        super().__init__()
+        self.net = mlp(obs_dim, act_dim, hidden_dim, dropout)
+        self.log_std = nn.Parameter(torch.zeros(act_dim))
+
+    def forward(self, obs: torch.Tensor):
+        return torch.tanh(self.net(obs)), self.log_std.clamp(-5.0, 2.0)
+
+    def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        mean, log_std = self(obs)
+        return gaussian_log_prob(actions, mean, log_std)
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor) -> torch.Tensor:
+        """Deterministic evaluation action: the mean, clipped to [-1, 1]. Call `.eval()` first if there is dropout."""
+        return self(obs)[0].clamp(-1.0, 1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# One IQL update (paper Algorithm 1; IK `learner.py`: value, then actor and critic with the new V, then target)
+# ----------------------------------------------------------------------------------------------
+@torch.compiler.disable  # under --compile the losses are compiled; the (fused) optimizer steps stay as they are
+def optimizer_step(optimizer, loss):
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def update(batch: Batch, actor, critic, target_critic, value, actor_opt, critic_opt, value_opt, args: Args):
+    obs, actions, rewards, next_obs, masks = batch
+    with torch.no_grad():
+        target_q = target_critic(obs, actions).min(0).values  # reused by the value and the actor step
+
+    # 1. Value: expectile regression on the target critics' minimum.
+    value_loss = expectile_loss(target_q - value(obs), args.expectile)
+    optimizer_step(value_opt, value_loss)
+
+    # V_new(s) and V_new(s') in one forward. IK uses the updated V for both the advantage and the TD target;
+    # CORL and IQL-PyTorch use the V from before its step.
+    with torch.no_grad():
+        v, next_v = value(torch.cat([obs, next_obs])).chunk(2)
+    advantage = target_q - v
+
+    # 2. Actor: advantage-weighted regression on the dataset actions.
+    actor_loss, weights = awr_loss(actor.log_prob(obs, actions), advantage, args.temperature, args.max_weight)
+    optimizer_step(actor_opt, actor_loss)
+
+    # 3. Critics: regression on r + gamma * mask * V_new(s').
+    critic_loss = q_loss(critic(obs, actions), td_target(rewards, masks, next_v, args.gamma))
+    optimizer_step(critic_opt, critic_loss)
+
+    # 4. Polyak averaging of the target critics, one foreach kernel over all parameters.
+    with torch.no_grad():
+        torch._foreach_lerp_(list(target_critic.parameters()), list(critic.parameters()), args.tau)
+
+    return {"losses/value_loss": value_loss.detach(), "losses/actor_loss": actor_loss.detach(),
+            "losses/q_loss": critic_loss.detach(), "charts/advantage_mean": advantage.mean(),
+            "charts/weight_mean": weights.mean()}
+
+
+class Networks(NamedTuple):
+    actor: nn.Module
+    critic: nn.Module
+    target_critic: nn.Module
+    value: nn.Module
+    optimizers: tuple  # Adam for the actor, the critics and the value, in that order
+    actor_schedule: torch.optim.lr_scheduler.LRScheduler
+
+
+def make_networks(obs_dim: int, act_dim: int, args: Args, device, lr_decay_steps: Optional[int]) -> Networks:
+    """The networks, their Adam optimisers (torch defaults: IK has no weight decay or clipping) and the actor's
+    schedule: a cosine from the learning rate to 0 over `lr_decay_steps` updates, or constant where that is None."""
+    device = torch.device(device)
+    actor = Actor(obs_dim, act_dim, args.hidden_dim, args.dropout).to(device)
+    critic = TwinQ(obs_dim, act_dim, args.hidden_dim).to(device)
+    target_critic = copy.deepcopy(critic).requires_grad_(False)
+    value = Value(obs_dim, args.hidden_dim).to(device)
+    # Fused kernels; each learning rate is a tensor that the schedule fills in place, so a CUDA graph sees it change.
+    optimizers = tuple(torch.optim.Adam(m.parameters(), lr=torch.tensor(args.learning_rate, device=device), fused=True,
+                                        capturable=device.type == "cuda") for m in (actor, critic, value))
+    decay = (lambda t: cosine_decay(t, lr_decay_steps)) if lr_decay_steps else (lambda t: 1.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizers[0], decay)
+    return Networks(actor, critic, target_critic, value, optimizers, schedule)
+
+
+def make_train_step(sample: Callable[[], Batch], networks: Networks, args: Args, mode: Optional[str] = None):
+    """step() draws a batch with sample(), runs one update, advances the actor's schedule and returns the metrics
+    (tensors on the device). mode None runs eagerly, "compile" through torch.compile, "cudagraphs" replays a
+    captured CUDA graph, "compile+cudagraphs" captures the compiled losses in the graph."""
+    actor, critic, target_critic, value, optimizers, actor_schedule = networks
+
+    def sample_and_update():
+        return update(sample(), actor, critic, target_critic, value, *optimizers, args)
+
+    fn = torch.compile(sample_and_update) if mode in ("compile", "compile+cudagraphs") else sample_and_update
+    fn = cuda_graph(fn) if mode in ("cudagraphs", "compile+cudagraphs") else fn
+
+    def step():
+        metrics = fn()
+        actor_schedule.step()
+        return metrics
+
+    return step
+
+
+def cuda_graph(fn, warmup: int = 3):
+    """Each call runs fn once: the first `warmup` calls eagerly on a side stream (so that Adam's state and the
+    gradients exist), then one capture, then graph replays. Falls back to eager calls where capture fails."""
+    graph, outputs, calls, stream = None, None, 0, torch.cuda.Stream()
+
+    def call():
+        nonlocal graph, outputs, calls
+        calls += 1
+        if graph is False:  # capture failed: plain eager calls from now on
+            return fn()
+        if calls <= warmup:
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                result = fn()
+            torch.cuda.current_stream().wait_stream(stream)
+            return result
+        if graph is None:
+            try:
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    outputs = fn()
+            except Exception as e:
+                print(f"warning: CUDA graph capture failed ({str(e).splitlines()[0][:200]}); the update runs eagerly")
+                torch.cuda.synchronize()
+                graph = False
+                return fn()
+        graph.replay()
+        return outputs
+
+    return call
+
+
+# ----------------------------------------------------------------------------------------------
+# Fine-tuning: the replay buffer and the online step
+# ----------------------------------------------------------------------------------------------
+class ReplayBuffer:
+    """Transitions on the training device, preallocated for `capacity` (IK `dataset_utils.ReplayBuffer`).
+
+    It starts with the whole dataset, in order; each online transition goes into the next slot, and once the
+    buffer is full the oldest transition is overwritten (FIFO). sample() is uniform over everything stored; the
+    number stored lives on the device too, so sampling never waits for the host (and a CUDA graph sees it grow).
+    """
+
+    def __init__(self, dataset: Batch, capacity: int, device):
+        n = len(dataset.rewards)
+        if capacity < n:
+            raise UserError(f"--buffer-size {capacity:,} is smaller than the dataset ({n:,} transitions); "
+                            f"use at least {n:,} (the paper: 2,000,000, room for 1M online steps after 1M data)")
+        self.data = Batch(*(torch.zeros((capacity, *x.shape[1:]), dtype=x.dtype, device=device) for x in dataset))
+        for slot, x in zip(self.data, dataset):
+            slot[:n] = x.to(device)
+        self.capacity, self.next, self.count, self.n_data = capacity, n % capacity, n, n
+        self.size = torch.tensor(n, device=device)
+
+    def add(self, obs, action, reward: float, next_obs, mask: float):
+        """Write one transition into the next slot (over the oldest once full), without waiting for the device."""
+        i = self.next
+        for slot, x in ((self.data.observations, obs), (self.data.actions, action), (self.data.next_observations, next_obs)):
+            slot[i].copy_(torch.from_numpy(np.asarray(x)), non_blocking=True)
+        self.data.rewards[i] = reward
+        self.data.masks[i] = mask
+        self.next = (self.next + 1) % self.capacity
+        self.count = min(self.count + 1, self.capacity)
+        self.size.fill_(self.count)
+
+    def state_dict(self) -> dict:
+        """The fill state and what was added online (the dataset part comes back from the data); everything once
+        the buffer has wrapped around. The rows are copied: torch.save of a slice (a view) writes its whole storage."""
+        low = self.n_data if self.count < self.capacity else 0
+        return {"next": self.next, "count": self.count, "low": low,
+                "rows": {name: x[low:self.count].to("cpu", copy=True) for name, x in zip(Batch._fields, self.data)}}
+
+    def load_state_dict(self, state: dict):
+        for name, slot in zip(Batch._fields, self.data):
+            slot[state["low"]:state["count"]] = state["rows"][name].to(slot.device)
+        self.next, self.count = state["next"], state["count"]
+        self.size.fill_(self.count)
+
+    def sample(self, batch_size: int) -> Batch:
+        # randint over [0, 2^62) modulo the size: uniform up to a bias of size / 2^62
+        idx = torch.randint(2**62, (batch_size,), device=self.size.device) % self.size
+        return Batch(*(x[idx] for x in self.data))
+
+
+@torch.no_grad()
+def explore(actor: Actor, obs: torch.Tensor) -> torch.Tensor:
+    """Online action: a sample of the Gaussian policy, clipped to [-1, 1] (IK: temperature 1, then np.clip)."""
+    mean, log_std = actor(obs)
+    return (mean + log_std.exp() * torch.randn_like(mean)).clamp(-1.0, 1.0)
+
+
+def online_step(env, obs, actor: Actor, buffer: ReplayBuffer, observe: Callable, info: dict, device):
+    """One environment step with a sample of the policy, stored in the buffer; returns what env.step returns."""
+    x = observe(obs)
+    actor.eval()  # dropout off while acting, as IK samples actions
+    action = explore(actor, torch.as_tensor(x, device=device)).cpu().numpy()
+    actor.train()
+    next_obs, reward, terminated, truncated, env_info = env.step(action)
+    buffer.add(*online_transition(x, action, reward, observe(next_obs), terminated, info))
+    return next_obs, reward, terminated, truncated, env_info
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: D4RL names, domains, maze and flat datasets -> transition tensors
+# ----------------------------------------------------------------------------------------------
+# D4RL names -> Minari ids. Mazes as in iql_antmaze.py, locomotion as in iql_continuous.py.
 ANTMAZE_MAPS = ("umaze", "umaze-diverse", "medium-play", "medium-diverse", "large-play", "large-diverse")
 POINTMAZE_MAPS = ("umaze", "medium", "large")  # sparse rewards only: the terminal rule needs 0/1 rewards
 ADROIT_TASKS = ("pen", "door", "hammer", "relocate")
 D4RL_TO_MINARI = {"medium": ["medium-v0"], "expert": ["expert-v0"], "medium-expert": ["medium-v0", "expert-v0"]}
-D4RL_REF_SCORES = {  # d4rl/infos.py: score = 100 * (R - min) / (max - min)
-    "hopper": (-20.272305, 3234.3),
-    "halfcheetah": (-280.178953, 12135.0),
-    "walker2d": (1.629008, 4592.3),
-    "pen": (96.262799, 3076.8331017826877),
-    "door": (-56.512833, 2880.5693087298737),
-    "hammer": (-274.856578, 12794.134825156867),
-    "relocate": (-6.425911, 4233.877797728884),
-    "kitchen": (0.0, 4.0),
-}
+D4RL_REF_SCORES = {  # D4RL's reference returns (d4rl/infos.py): score = 100 * (R - min) / (max - min)
+    "hopper": (-20.272305, 3234.3), "halfcheetah": (-280.178953, 12135.0), "walker2d": (1.629008, 4592.3),
+    "pen": (96.262799, 3076.8331017826877), "door": (-56.512833, 2880.5693087298737),
+    "hammer": (-274.856578, 12794.134825156867), "relocate": (-6.425911, 4233.877797728884), "kitchen": (0.0, 4.0)}
 ENV_TO_TASK = {"Hopper": "hopper", "HalfCheetah": "halfcheetah", "Walker2d": "walker2d", "AdroitHandPen": "pen",
                "AdroitHandDoor": "door", "AdroitHandHammer": "hammer", "AdroitHandRelocate": "relocate",
                "FrankaKitchen": "kitchen"}
 MAZE_KEYS = {"observation", "achieved_goal", "desired_goal"}
 MINARI_ID = re.compile(r"^[\w.-]+(/[\w.-]+)*/[\w.-]+-v\d+$")
 
-# Hyperparameters per domain (SPEC section 2, IK `configs/`). A field left at None takes its domain's value;
-# a flag the user sets always wins (--dropout 0 turns dropout off).
+# Hyperparameters per domain (IK `configs/`): a field left at None takes its domain's value; a flag always wins.
 DOMAIN_DEFAULTS = {
     "locomotion": {"expectile": 0.7, "temperature": 3.0, "dropout": None},
     "maze": {"expectile": 0.9, "temperature": 10.0, "dropout": None},
@@ -166,47 +465,37 @@ class UserError(Exception):
 
 
 def check_args(args: Args):
-    """Reject values the algorithm cannot use, before any heavy work."""
-    if args.expectile is not None and not 0 < args.expectile < 1:
-        raise UserError(f"--expectile must be in (0, 1), got {args.expectile}")
-    if args.temperature is not None and args.temperature < 0:
-        raise UserError(f"--temperature must be >= 0 (0 is behaviour cloning), got {args.temperature}")
-    if args.cudagraphs and not (args.cuda and torch.cuda.is_available()):
-        raise UserError("--cudagraphs needs a CUDA device (and --cuda)")
+    """Refuse values the algorithm cannot use, before any heavy work."""
+    rules = [(args.expectile is None or 0 < args.expectile < 1, f"--expectile must be in (0, 1), got {args.expectile}"),
+             (args.temperature is None or args.temperature >= 0,
+              f"--temperature must be >= 0 (0 is behaviour cloning), got {args.temperature}"),
+             (args.dropout is None or 0 <= args.dropout < 1, f"--dropout must be in [0, 1), got {args.dropout}"),
+             (0 <= args.gamma <= 1, f"--gamma must be in [0, 1], got {args.gamma}"),
+             (0 < args.tau <= 1, f"--tau must be in (0, 1], got {args.tau}"),
+             (args.offline_steps >= 0, f"--offline-steps must be >= 0, got {args.offline_steps}"),
+             (args.online_steps >= 0, f"--online-steps must be >= 0, got {args.online_steps}"),
+             (args.offline_steps + args.online_steps > 0 or args.checkpoint is not None, "--offline-steps and "
+              "--online-steps are both 0: nothing to train (with --checkpoint, this evaluates the loaded model)"),
+             (args.checkpoint_freq >= 0, f"--checkpoint-freq must be >= 0, got {args.checkpoint_freq}"),
+             (not args.cudagraphs or (args.cuda and torch.cuda.is_available()), "--cudagraphs needs a CUDA device"),
+             (args.checkpoint is None or Path(args.checkpoint).is_file(), f"--checkpoint {args.checkpoint}: no such file"),
+             (args.resume is None or Path(args.resume).is_file(), f"--resume {args.resume}: no such file")]
+    rules += [(getattr(args, n) > 0, f"--{n.replace('_', '-')} must be positive, got {getattr(args, n)}") for n in (
+        "learning_rate", "max_weight", "buffer_size", "batch_size", "eval_freq", "eval_episodes", "log_freq",
+        "hidden_dim")]
+    for ok, message in rules:
+        if not ok:
+            raise UserError(message)
     if args.track:
         try:
             import wandb  # noqa: F401
         except ImportError:
             raise UserError("--track needs Weights & Biases: pip install wandb") from None
-    if args.dropout is not None and not 0 <= args.dropout < 1:
-        raise UserError(f"--dropout must be in [0, 1), got {args.dropout}")
-    if not 0 <= args.gamma <= 1:
-        raise UserError(f"--gamma must be in [0, 1], got {args.gamma}")
-    if not 0 < args.tau <= 1:
-        raise UserError(f"--tau must be in (0, 1], got {args.tau}")
-    for name in ("learning_rate", "max_weight"):
-        if getattr(args, name) <= 0:
-            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for name in ("offline_steps", "online_steps"):
-        if getattr(args, name) < 0:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    if args.offline_steps == args.online_steps == 0 and args.checkpoint is None:
-        raise UserError("--offline-steps and --online-steps are both 0: nothing to train (with --checkpoint, this "
-                        "evaluates the loaded model)")
-    for name in ("buffer_size", "batch_size", "eval_freq", "eval_episodes", "log_freq", "hidden_dim"):
-        if getattr(args, name) <= 0:
-            raise UserError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
-        raise UserError(f"--checkpoint {args.checkpoint}: no such file")
-    if args.checkpoint_freq < 0:
-        raise UserError(f"--checkpoint-freq must be >= 0 (0: no periodic checkpoints), got {args.checkpoint_freq}")
-    if args.resume is not None and not Path(args.resume).is_file():
-        raise UserError(f"--resume {args.resume}: no such file")
 
 
 def env_domain(env_name: str) -> Optional[str]:
-    """The domain of an env, from the name in its spec id (not from the dataset id): Hopper, HalfCheetah,
-    Walker2d -> locomotion; AdroitHand* -> adroit; FrankaKitchen* -> kitchen; *Maze* -> maze; else None."""
+    """The domain from the env's spec name (not the dataset id): Hopper, HalfCheetah, Walker2d -> locomotion;
+    AdroitHand* -> adroit; FrankaKitchen* -> kitchen; *Maze* -> maze; else None."""
     if env_name in ("Hopper", "HalfCheetah", "Walker2d"):
         return "locomotion"
     if env_name.startswith("AdroitHand"):
@@ -228,9 +517,6 @@ def with_domain_defaults(args: Args, domain: str):
     return replace(args, **values), lines
 
 
-# ----------------------------------------------------------------------------------------------
-# Data: the dataset as iql_antmaze.py (mazes) or iql_continuous.py (flat observations) prepares it
-# ----------------------------------------------------------------------------------------------
 def resolve_dataset_ids(env_id: str) -> list[str]:
     """Map a D4RL name to the Minari ids to load (concatenated), or pass a Minari id through."""
     m = re.fullmatch(r"antmaze-([a-z-]+)-v[02]", env_id)
@@ -254,32 +540,38 @@ def resolve_dataset_ids(env_id: str) -> list[str]:
     )
 
 
+def first_line(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:150]}" if str(e) else type(e).__name__
+
+
 def load_minari_dataset(dataset_id: str):
-    """Load a dataset from MINARI_DATASETS_PATH, downloading it if it is not there."""
+    """Load a dataset from MINARI_DATASETS_PATH (default ~/.minari/datasets), downloading it if it is not there."""
     import minari
 
+    if os.environ.get("MINARI_DATASETS_PATH") == "":
+        raise UserError("MINARI_DATASETS_PATH is set but empty: unset it (~/.minari/datasets) or name a folder")
     root = Path(os.environ.get("MINARI_DATASETS_PATH", Path.home() / ".minari" / "datasets"))
     if (root / dataset_id / "data").is_dir():
         try:
             return minari.load_dataset(dataset_id)
         except Exception as e:  # a truncated download or a corrupt file
-            raise UserError(f"cannot read dataset '{dataset_id}' from {root / dataset_id / 'data'} ({type(e).__name__}: "
-                            f"{str(e).splitlines()[0][:150]}); delete that folder and download it again") from None
-    print(f"{dataset_id} is not in {root}: downloading it (HF_HUB_OFFLINE=1 skips the attempt) ...", flush=True)
+            raise UserError(f"cannot read dataset '{dataset_id}' from {root / dataset_id / 'data'} ({first_line(e)});"
+                            " delete that folder and download it again") from None
     try:
         if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
             raise ConnectionError("HF_HUB_OFFLINE is set")
+        print(f"{dataset_id} is not in {root}: downloading it (HF_HUB_OFFLINE=1 skips the attempt) ...", flush=True)
         from huggingface_hub.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()  # one message below instead of one per retry
         return minari.load_dataset(dataset_id, download=True)
     except Exception as e:  # no network, no huggingface_hub, or not on the server
-        reason = f"{type(e).__name__}: {str(e).splitlines()[0][:150]}" if str(e) else type(e).__name__
-        raise UserError(
-            f"dataset '{dataset_id}' is not in {root} (MINARI_DATASETS_PATH) and could not be downloaded "
-            f"({reason}). On a machine with network run `minari download {dataset_id}` and copy "
-            f"{root / dataset_id} here, or point MINARI_DATASETS_PATH at the folder that holds it."
-        ) from None
+        folder = root / dataset_id.rsplit("/", 1)[0]
+        there = sorted(str(p.parent.relative_to(root)) for p in folder.glob("*/data")) if folder.is_dir() else []
+        raise UserError(f"dataset '{dataset_id}' is not in {root} (MINARI_DATASETS_PATH) and could not be downloaded "
+                        f"({first_line(e)}). " + (f"Datasets in {folder}: {', '.join(there)}." if there else
+                        f"On a machine with network run `minari download {dataset_id}` and copy {root / dataset_id} "
+                        "here, or point MINARI_DATASETS_PATH at the folder that holds it.")) from None
 
 
 def maze_observations(obs: dict, goal_input: bool) -> np.ndarray:
@@ -322,22 +614,16 @@ def flat_observations(obs) -> np.ndarray:
 
 
 def flatten_episodes(episodes) -> dict[str, np.ndarray]:
-    """Turn Minari episodes (T+1 observations each) into aligned transition arrays.
-
-    Truncated transitions are kept: their next observation is real, so they bootstrap (SPEC section 2).
-    `episode_ends` marks the last transition of each episode (for reward normalisation only).
-    """
+    """Turn Minari episodes (T+1 observations each) into aligned transition arrays. Truncated transitions are
+    kept: their next observation is real, so they bootstrap. `episode_ends` marks each episode's last transition
+    (for reward normalisation only)."""
     parts = {k: [] for k in ("observations", "actions", "rewards", "next_observations", "terminals", "episode_ends")}
     for ep in episodes:
-        n, obs = len(ep.rewards), flat_observations(ep.observations)
-        parts["observations"].append(obs[:-1])
-        parts["next_observations"].append(obs[1:])
-        parts["actions"].append(ep.actions)
-        parts["rewards"].append(ep.rewards)
-        parts["terminals"].append(ep.terminations)
-        ends = np.zeros(n, dtype=bool)
-        ends[-1] = True
-        parts["episode_ends"].append(ends)
+        obs = flat_observations(ep.observations)
+        for key, x in (("observations", obs[:-1]), ("next_observations", obs[1:]), ("actions", ep.actions),
+                       ("rewards", ep.rewards), ("terminals", ep.terminations),
+                       ("episode_ends", np.arange(len(ep.rewards)) == len(ep.rewards) - 1)):
+            parts[key].append(x)
     data = {k: np.concatenate(parts[k], dtype=np.float32)  # casts while copying, in one pass
             for k in ("observations", "actions", "rewards", "next_observations")}
     data["terminals"] = np.concatenate(parts["terminals"]).astype(bool)
@@ -350,17 +636,15 @@ def flatten_episodes(episodes) -> dict[str, np.ndarray]:
 def trajectory_ends(observations, next_observations, terminals, episode_ends) -> np.ndarray:
     """Where a trajectory ends: a terminal, a known episode end, or (IK `dataset_utils.py`) a row whose
     next observation differs from the following row's observation by more than 1e-6. The last row ends one."""
-    jump = np.linalg.norm(observations[1:] - next_observations[:-1], axis=-1) > 1e-6
     ends = terminals | episode_ends
-    ends[:-1] |= jump
+    ends[:-1] |= np.linalg.norm(observations[1:] - next_observations[:-1], axis=-1) > 1e-6
     ends[-1] = True
     return ends
 
 
 def reward_scale(rewards, ends) -> float:
     """IK's locomotion reward normalisation: 1000 / (max - min undiscounted trajectory return)."""
-    traj_id = np.concatenate([[0], np.cumsum(ends[:-1])])
-    returns = np.bincount(traj_id, weights=rewards)
+    returns = np.bincount(np.concatenate([[0], np.cumsum(ends[:-1])]), weights=rewards)
     if returns.max() == returns.min():
         raise UserError("reward normalisation needs trajectories with different returns; use --no-normalize-reward")
     return float(1000.0 / (returns.max() - returns.min()))
@@ -380,8 +664,8 @@ def read_episodes(datasets):
         try:
             yield from dataset.iterate_episodes()
         except OSError as e:
-            raise UserError(f"cannot read {dataset.spec.data_path} ({type(e).__name__}: {str(e).splitlines()[0][:150]});"
-                            " delete that folder and download the dataset again") from None
+            raise UserError(f"cannot read {dataset.spec.data_path} ({first_line(e)}); delete that folder and "
+                            "download the dataset again") from None
 
 
 def check_data(data: dict, env_id: str):
@@ -391,14 +675,6 @@ def check_data(data: dict, env_id: str):
         if bad.any():
             raise UserError(f"dataset '{env_id}' has NaN or infinite {key} ({bad.sum()} transitions, the first "
                             f"at index {bad.argmax()}): clean the data or choose another dataset")
-
-
-class Batch(NamedTuple):
-    observations: torch.Tensor
-    actions: torch.Tensor
-    rewards: torch.Tensor
-    next_observations: torch.Tensor
-    masks: torch.Tensor  # 1 - terminal: 0 stops bootstrapping; truncations keep 1
 
 
 def load_data(args: Args):
@@ -459,478 +735,12 @@ def online_transition(x, action, reward: float, next_x, terminated: bool, info: 
     return x, action, online_reward(reward, info), next_x, 0.0 if terminated else 1.0
 
 
-class ReplayBuffer:
-    """Transitions on the training device, preallocated for `capacity` (IK `dataset_utils.ReplayBuffer`).
-
-    It starts with the whole dataset, in order; each online transition goes into the next slot, and once the
-    buffer is full the oldest transition is overwritten (FIFO). sample() is uniform over everything stored; the
-    number stored lives on the device too, so sampling never waits for the host (and a CUDA graph sees it grow).
-    """
-
-    def __init__(self, dataset: Batch, capacity: int, device):
-        n = len(dataset.rewards)
-        if capacity < n:
-            raise UserError(f"--buffer-size {capacity:,} is smaller than the dataset ({n:,} transitions); "
-                            f"use at least {n:,} (the paper: 2,000,000, room for 1M online steps after 1M data)")
-        self.data = Batch(*(torch.zeros((capacity, *x.shape[1:]), dtype=x.dtype, device=device) for x in dataset))
-        for slot, x in zip(self.data, dataset):
-            slot[:n] = x.to(device)
-        self.capacity, self.next, self.count, self.n_data = capacity, n % capacity, n, n
-        self.size = torch.tensor(n, device=device)
-
-    def add(self, obs, action, reward: float, next_obs, mask: float):
-        """Write one transition into the next slot (over the oldest once full), without waiting for the device."""
-        i = self.next
-        for slot, x in ((self.data.observations, obs), (self.data.actions, action), (self.data.next_observations, next_obs)):
-            slot[i].copy_(torch.from_numpy(np.asarray(x)), non_blocking=True)
-        self.data.rewards[i] = reward
-        self.data.masks[i] = mask
-        self.next = (self.next + 1) % self.capacity
-        self.count = min(self.count + 1, self.capacity)
-        self.size.fill_(self.count)
-
-    def state_dict(self) -> dict:
-        """The fill state and what was added online (the dataset part comes back from the data); everything once
-        the buffer has wrapped around. The rows are copied: torch.save of a slice (a view) writes its whole storage."""
-        low = self.n_data if self.count < self.capacity else 0
-        return {"next": self.next, "count": self.count, "low": low,
-                "rows": {name: x[low:self.count].to("cpu", copy=True) for name, x in zip(Batch._fields, self.data)}}
-
-    def load_state_dict(self, state: dict):
-        for name, slot in zip(Batch._fields, self.data):
-            slot[state["low"]:state["count"]] = state["rows"][name].to(slot.device)
-        self.next, self.count = state["next"], state["count"]
-        self.size.fill_(self.count)
-
-    def sample(self, batch_size: int) -> Batch:
-        # randint over [0, 2^62) modulo the size: uniform up to a bias of size / 2^62
-        idx = torch.randint(2**62, (batch_size,), device=self.size.device) % self.size
-        return Batch(*(x[idx] for x in self.data))
-
-
 # ----------------------------------------------------------------------------------------------
-# Losses (pure functions of tensors)
-# ----------------------------------------------------------------------------------------------
-def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
-    """Asymmetric L2 of paper eq. 5: weight `expectile` where diff = q - v > 0, `1 - expectile` elsewhere."""
-    weight = torch.where(diff > 0, expectile, 1 - expectile)
-    return (weight * diff.square()).mean()
-
-
-def awr_loss(log_prob, advantage, temperature: float, max_weight: float):
-    """Advantage-weighted regression (paper eq. 7): -mean(min(exp(beta * A), max_weight) * log pi(a|s)).
-    The weights carry no gradient. Returns (loss, weights)."""
-    weights = torch.exp(temperature * advantage.detach()).clamp(max=max_weight)
-    return -(weights * log_prob).mean(), weights
-
-
-def td_target(rewards, masks, next_v, gamma: float) -> torch.Tensor:
-    """r + gamma * mask * V(s'): masks are 0 on terminal transitions only (truncations bootstrap)."""
-    return rewards + gamma * masks * next_v
-
-
-def q_loss(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Sum over the twin critics (leading axis) of their mean squared TD errors, as IK sums them."""
-    return (q - target).square().mean(dim=-1).sum()
-
-
-def gaussian_log_prob(actions, mean, log_std) -> torch.Tensor:
-    """log N(actions; mean, exp(log_std)), summed over action dimensions."""
-    z = (actions - mean) * torch.exp(-log_std)
-    return (-0.5 * z.square() - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-
-
-def cosine_decay(step: int, total_steps: int) -> float:
-    """Actor LR multiplier: cosine from 1 to 0 over total_steps, then held at 0 (optax cosine_decay_schedule)."""
-    return 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
-
-
-# ----------------------------------------------------------------------------------------------
-# Networks: 2x256 ReLU MLPs, orthogonal init with gain sqrt(2) and zero bias everywhere (IK `common.py`)
-# ----------------------------------------------------------------------------------------------
-def mlp(in_dim: int, out_dim: int, hidden_dim: int, dropout: Optional[float] = None) -> nn.Sequential:
-    layers = []
-    for d_in in (in_dim, hidden_dim):
-        layers += [nn.Linear(d_in, hidden_dim), nn.ReLU()]
-        if dropout:
-            layers.append(nn.Dropout(dropout))
-    layers.append(nn.Linear(hidden_dim, out_dim))
-    for layer in layers:
-        if isinstance(layer, nn.Linear):
-            nn.init.orthogonal_(layer.weight, gain=math.sqrt(2))
-            nn.init.zeros_(layer.bias)
-    return nn.Sequential(*layers)
-
-
-class TwinQ(nn.Module):
-    """Q1 and Q2 in one module: each layer's weights are stacked on a leading axis of 2, so both critics
-    run as one batched matmul per layer. Returns q of shape (2, batch)."""
-
-    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, num_q: int = 2):
-        super().__init__()
-        sizes = [obs_dim + act_dim, hidden_dim, hidden_dim, 1]
-        self.weights = nn.ParameterList()
-        self.biases = nn.ParameterList()
-        for d_in, d_out in zip(sizes[:-1], sizes[1:]):
-            # orthogonal_ on each critic's (out, in) matrix, as nn.Linear stores it, then transposed for bmm
-            w = torch.stack([nn.init.orthogonal_(torch.empty(d_out, d_in), gain=math.sqrt(2)).T for _ in range(num_q)])
-            self.weights.append(nn.Parameter(w))
-            self.biases.append(nn.Parameter(torch.zeros(num_q, 1, d_out)))
-
-    def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([obs, actions], -1).expand(len(self.weights[0]), -1, -1)
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            x = torch.baddbmm(b, x, w)
-            if i < len(self.weights) - 1:
-                x = torch.relu(x)
-        return x.squeeze(-1)
-
-
-class Value(nn.Module):
-    def __init__(self, obs_dim: int, hidden_dim: int):
-        super().__init__()
-        self.net = mlp(obs_dim, 1, hidden_dim)
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        return self.net(obs).squeeze(-1)
-
-
-class Actor(nn.Module):
-    """Gaussian policy: mean = tanh(MLP(s)) (tanh on the mean, no squashed distribution, as IK `policy.py`)
-    and a state-independent log-std clamped to [-5, 2] (CORL uses -20 as the floor)."""
-
-    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, dropout: Optional[float] = None):
-        super().__init__()
-        self.net = mlp(obs_dim, act_dim, hidden_dim, dropout)
-        self.log_std = nn.Parameter(torch.zeros(act_dim))
-
-    def forward(self, obs: torch.Tensor):
-        return torch.tanh(self.net(obs)), self.log_std.clamp(-5.0, 2.0)
-
-    def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        mean, log_std = self(obs)
-        return gaussian_log_prob(actions, mean, log_std)
-
-    @torch.no_grad()
-    def act(self, obs: torch.Tensor) -> torch.Tensor:
-        """Deterministic evaluation action: the mean, clipped to [-1, 1]. Call `.eval()` first if there is dropout."""
-        mean, _ = self(obs)
-        return mean.clamp(-1.0, 1.0)
-
-
-@torch.no_grad()
-def explore(actor: Actor, obs: torch.Tensor) -> torch.Tensor:
-    """Online action: a sample of the Gaussian policy, clipped to [-1, 1] (IK: temperature 1, then np.clip)."""
-    mean, log_std = actor(obs)
-    return (mean + log_std.exp() * torch.randn_like(mean)).clamp(-1.0, 1.0)
-
-
-def online_step(env, obs, actor: Actor, buffer: ReplayBuffer, observe: Callable, info: dict, device):
-    """One environment step with a sample of the policy, stored in the buffer; returns what env.step returns."""
-    x = observe(obs)
-    actor.eval()  # dropout off while acting, as IK samples actions
-    action = explore(actor, torch.as_tensor(x, device=device)).cpu().numpy()
-    actor.train()
-    next_obs, reward, terminated, truncated, env_info = env.step(action)
-    buffer.add(*online_transition(x, action, reward, observe(next_obs), terminated, info))
-    return next_obs, reward, terminated, truncated, env_info
-
-
-# ----------------------------------------------------------------------------------------------
-# One IQL update (paper Algorithm 1; IK `learner.py`: value, then actor and critic with the new V, then target)
-# ----------------------------------------------------------------------------------------------
-@torch.compiler.disable  # under --compile the losses are compiled; the (fused) optimizer steps stay as they are
-def optimizer_step(optimizer, loss):
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-
-
-def update(batch: Batch, actor, critic, target_critic, value, actor_opt, critic_opt, value_opt, args: Args):
-    obs, actions, rewards, next_obs, masks = batch
-    with torch.no_grad():
-        target_q = target_critic(obs, actions).min(0).values  # reused by the value and the actor step
-
-    # 1. Value: expectile regression on the target critics' minimum.
-    value_loss = expectile_loss(target_q - value(obs), args.expectile)
-    optimizer_step(value_opt, value_loss)
-
-    # V_new(s) and V_new(s') in one forward. IK uses the updated V for both the advantage and the TD target;
-    # CORL and IQL-PyTorch use the V from before its step.
-    with torch.no_grad():
-        v, next_v = value(torch.cat([obs, next_obs])).chunk(2)
-    advantage = target_q - v
-
-    # 2. Actor: advantage-weighted regression on the dataset actions.
-    actor_loss, weights = awr_loss(actor.log_prob(obs, actions), advantage, args.temperature, args.max_weight)
-    optimizer_step(actor_opt, actor_loss)
-
-    # 3. Critics: regression on r + gamma * mask * V_new(s').
-    critic_loss = q_loss(critic(obs, actions), td_target(rewards, masks, next_v, args.gamma))
-    optimizer_step(critic_opt, critic_loss)
-
-    # 4. Polyak averaging of the target critics, one foreach kernel over all parameters.
-    with torch.no_grad():
-        torch._foreach_lerp_(list(target_critic.parameters()), list(critic.parameters()), args.tau)
-
-    return {
-        "losses/value_loss": value_loss.detach(),
-        "losses/actor_loss": actor_loss.detach(),
-        "losses/q_loss": critic_loss.detach(),
-        "charts/advantage_mean": advantage.mean(),
-        "charts/weight_mean": weights.mean(),
-    }
-
-
-class Networks(NamedTuple):
-    actor: nn.Module
-    critic: nn.Module
-    target_critic: nn.Module
-    value: nn.Module
-    optimizers: tuple  # Adam for the actor, the critics and the value, in that order
-    actor_schedule: torch.optim.lr_scheduler.LRScheduler
-
-
-def make_networks(obs_dim: int, act_dim: int, args: Args, device, lr_decay_steps: Optional[int]) -> Networks:
-    """The actor, twin critics, their target copy, the value, their Adam optimisers and the actor's schedule:
-    a cosine from the learning rate to 0 over `lr_decay_steps` updates, or constant where that is None."""
-    device = torch.device(device)
-    actor = Actor(obs_dim, act_dim, args.hidden_dim, args.dropout).to(device)
-    critic = TwinQ(obs_dim, act_dim, args.hidden_dim).to(device)
-    target_critic = copy.deepcopy(critic).requires_grad_(False)
-    value = Value(obs_dim, args.hidden_dim).to(device)
-
-    # Adam with torch defaults (IK: no weight decay, no clipping), fused kernels. The learning rate is a tensor
-    # that the schedule fills in place, so a captured CUDA graph sees each new value.
-    def adam(module):
-        lr = torch.tensor(args.learning_rate, device=device)
-        return torch.optim.Adam(module.parameters(), lr=lr, fused=True, capturable=device.type == "cuda")
-
-    optimizers = (adam(actor), adam(critic), adam(value))
-    decay = (lambda t: cosine_decay(t, lr_decay_steps)) if lr_decay_steps else (lambda t: 1.0)
-    actor_schedule = torch.optim.lr_scheduler.LambdaLR(optimizers[0], decay)
-    return Networks(actor, critic, target_critic, value, optimizers, actor_schedule)
-
-
-def make_train_step(sample: Callable[[], Batch], networks: Networks, args: Args, mode: Optional[str] = None):
-    """step() draws a batch with sample(), runs one update and advances the actor's schedule; it returns the
-    metrics (tensors).
-
-    mode None runs eagerly, "compile" through torch.compile, "cudagraphs" replays a captured CUDA graph, and
-    "compile+cudagraphs" captures the compiled losses (fused kernels) in the graph.
-    """
-    actor, critic, target_critic, value, optimizers, actor_schedule = networks
-
-    def sample_and_update():
-        return update(sample(), actor, critic, target_critic, value, *optimizers, args)
-
-    fn = sample_and_update
-    if mode in ("compile", "compile+cudagraphs"):
-        fn = torch.compile(fn)
-    if mode in ("cudagraphs", "compile+cudagraphs"):
-        fn = cuda_graph(fn)
-
-    def step():
-        metrics = fn()
-        actor_schedule.step()
-        return metrics
-
-    return step
-
-
-def cuda_graph(fn, warmup: int = 3):
-    """Each call runs fn once: the first `warmup` calls eagerly on a side stream (so that Adam's state and the
-    gradients exist), then one capture, then graph replays. Falls back to eager calls where capture fails."""
-    graph, outputs, calls, stream = None, None, 0, torch.cuda.Stream()
-
-    def call():
-        nonlocal graph, outputs, calls
-        calls += 1
-        if graph is False:  # capture failed: plain eager calls from now on
-            return fn()
-        if calls <= warmup:
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                result = fn()
-            torch.cuda.current_stream().wait_stream(stream)
-            return result
-        if graph is None:
-            try:
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    outputs = fn()
-            except Exception as e:
-                print(f"warning: CUDA graph capture failed ({str(e).splitlines()[0][:200]}); the update runs eagerly")
-                torch.cuda.synchronize()
-                graph = False
-                return fn()
-        graph.replay()
-        return outputs
-
-    return call
-
-
-# ----------------------------------------------------------------------------------------------
-# Pre-trained weights: the files --save-model writes at each phase end, and --checkpoint loads
-# ----------------------------------------------------------------------------------------------
-def save_checkpoint(path: str, networks: Networks, args: Args, step: int, phase: str, obs_dim: int, act_dim: int,
-                    info: dict):
-    """The networks, the optimisers' state and how the data were scaled (not the replay buffer or the env)."""
-    actor, critic, target_critic, value, optimizers, _ = networks
-    torch.save({"args": asdict(args), "step": step, "phase": phase, "obs_dim": obs_dim, "act_dim": act_dim,
-                "reward_scale": info["reward_scale"], "actor": actor.state_dict(), "critic": critic.state_dict(),
-                "target_critic": target_critic.state_dict(), "value": value.state_dict(),
-                "optimizers": [opt.state_dict()["state"] for opt in optimizers]}, path)
-    print(f"model saved to {path}")
-
-
-def load_checkpoint(path: str, networks: Networks, args: Args, obs_dim: int, act_dim: int, info: dict) -> int:
-    """Load a --save-model file into the networks (and the optimisers, where it holds their state); returns the
-    number of updates it was trained for. A file from another env or script fails here with one line."""
-    try:
-        ckpt = torch.load(path, map_location=networks.value.net[0].weight.device, weights_only=True)
-    except pickle.UnpicklingError:  # more than tensors inside: a checkpoint_{step}.pt keeps random-generator states
-        raise UserError(f"{path} is not a --save-model file (a checkpoint_{{step}}.pt training state continues its "
-                        "own run with --resume)") from None
-    except Exception as e:
-        reason = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}" if str(e) else type(e).__name__
-        raise UserError(f"cannot read checkpoint {path} as a file saved by torch.save ({reason})") from None
-    names = ("actor", "critic", "target_critic", "value")
-    if not isinstance(ckpt, dict) or not {*names, "obs_dim", "act_dim", "args"} <= set(ckpt):
-        raise UserError(f"{path} is not a checkpoint saved with --save-model by these scripts")
-    trained = ckpt["args"].get("env_id", "?")
-    if (ckpt["obs_dim"], ckpt["act_dim"]) != (obs_dim, act_dim):
-        raise UserError(f"checkpoint {path} has input {ckpt['obs_dim']} and action {ckpt['act_dim']} (trained on "
-                        f"{trained}), but {args.env_id} needs {obs_dim} and {act_dim}: another env, or --goal-input differs")
-    if ckpt["args"].get("hidden_dim") != args.hidden_dim:
-        raise UserError(f"checkpoint {path} has --hidden-dim {ckpt['args'].get('hidden_dim')}, this run "
-                        f"{args.hidden_dim}: pass --hidden-dim {ckpt['args'].get('hidden_dim')}")
-    scale = ckpt.get("reward_scale", 1.0)  # an iql_antmaze.py file has none: maze rewards are not scaled
-    if not math.isclose(scale, info["reward_scale"], rel_tol=1e-6):
-        raise UserError(f"checkpoint {path} was trained on rewards scaled by {scale:.6g}, this run's are scaled by "
-                        f"{info['reward_scale']:.6g} (another dataset, or --normalize-reward differs): its Q and V "
-                        "would not fit the new targets")
-    try:
-        for name in names:
-            getattr(networks, name).load_state_dict(ckpt[name])
-    except RuntimeError as e:  # e.g. a dropout layer more or less shifts the layer names
-        reason = " ".join(str(e).split())[:200]
-        raise UserError(f"checkpoint {path} does not fit these networks ({reason})") from None
-    if "optimizers" in ckpt:  # the Adam moments; the learning rates and options stay this run's
-        for opt, state in zip(networks.optimizers, ckpt["optimizers"]):
-            opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
-    else:
-        print(f"note: {path} holds no optimiser state (an offline script saved it): Adam starts afresh")
-    if trained != args.env_id:
-        print(f"warning: checkpoint {path} was trained on {trained}, this run fine-tunes on {args.env_id}")
-    if ckpt.get("phase") == "online":
-        print(f"warning: {path} was saved after online fine-tuning; its replay buffer and env were not saved, so this "
-              "starts a new online phase from its networks (a restart, not a resume)")
-    return int(ckpt.get("step", ckpt["args"].get("total_steps", 0)))
-
-
-def progress_line(step: int, total: int, rate: float, last_eval: str) -> str:
-    """The line every script prints at each log step."""
-    eta = int((total - step) / max(rate, 1e-9))
-    return (f"step {step:,}/{total:,}  {rate:.0f} updates/s  ETA {eta // 3600}h{eta % 3600 // 60:02d}m{eta % 60:02d}s  "
-            f"last evaluation: {last_eval}")
-
-
-def check_finite(losses: dict, step: int):
-    """Stop a run whose losses became NaN or infinite (checked at log steps only: no extra host sync)."""
-    bad = [f"{tag} = {v}" for tag, v in losses.items() if not math.isfinite(v)]
-    if bad:
-        raise UserError(f"step {step:,}: {', '.join(bad)}; the run diverged (try a lower --learning-rate, "
-                        "or check the data for extreme values)")
-
-
-# ----------------------------------------------------------------------------------------------
-# Training state: checkpoints that resume exactly, and a clean stop on SIGINT / SIGTERM
-# ----------------------------------------------------------------------------------------------
-def save_state(path: str, step: int, networks: Networks, args: Args, eval_rng, evaluations: list,
-               extra: Optional[dict] = None) -> str:
-    """Every network, optimiser and schedule, the step, the evaluations so far, every random generator and what
-    the script adds in `extra`, so that a resumed run continues exactly. Written to a temporary file, then renamed:
-    an interrupted write never leaves a broken checkpoint behind."""
-    state = {"script": os.path.basename(__file__), "step": step, "args": asdict(args), "evaluations": evaluations,
-             **(extra or {}),
-             **{name: getattr(networks, name).state_dict() for name in ("actor", "critic", "target_critic", "value")},
-             "optimizers": [opt.state_dict() for opt in networks.optimizers],
-             "actor_schedule": networks.actor_schedule.state_dict(),
-             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                     "eval": eval_rng.bit_generator.state}}
-    torch.save(state, path + ".tmp")
-    os.replace(path + ".tmp", path)
-    return path
-
-
-def read_state(path: str) -> dict:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)  # our own file: numpy RNG states inside
-    except Exception as e:
-        raise UserError(f"cannot read checkpoint {path} ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
-    if not isinstance(state, dict) or not {"step", "args", "rng", "optimizers"} <= set(state):
-        raise UserError(f"{path} is not a checkpoint_{{step}}.pt file of this script (--save-model files cannot resume)")
-    script = os.path.basename(__file__)
-    if state.get("script", script) != script:  # older checkpoints carry no name: their settings are checked below
-        raise UserError(f"{path} was written by {state['script']}, not {script}: resume it with {state['script']}")
-    unknown = sorted(set(state["args"]) - {f.name for f in fields(Args)})
-    if unknown:
-        raise UserError(f"{path} has settings {script} does not know ({', '.join(unknown)}): it was written by "
-                        "another script or another version of this one")
-    return state
-
-
-def restore_state(state: dict, networks: Networks, eval_rng) -> tuple[int, list]:
-    """Load a read_state() dict into the networks, optimisers, schedule and random generators; returns
-    (step, evaluations so far)."""
-    try:
-        for name in ("actor", "critic", "target_critic", "value"):
-            getattr(networks, name).load_state_dict(state[name])
-    except RuntimeError as e:
-        raise UserError(f"the checkpoint does not fit these networks ({' '.join(str(e).split())[:150]})") from None
-    for opt, saved in zip(networks.optimizers, state["optimizers"]):
-        lrs = [group["lr"] for group in opt.param_groups]
-        opt.load_state_dict(saved)
-        # load_state_dict puts the checkpoint's (CPU) learning-rate tensors in the groups: put back this run's device
-        # tensors, with the saved values, so that the schedule still updates what a captured CUDA graph reads
-        for group, lr in zip(opt.param_groups, lrs):
-            group["lr"] = lr.fill_(float(group["lr"]))
-    networks.actor_schedule.load_state_dict(state["actor_schedule"])
-    rng = state["rng"]
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    np.random.set_state(rng["numpy"])
-    random.setstate(rng["python"])
-    eval_rng.bit_generator.state = rng["eval"]
-    return state["step"], state["evaluations"]
-
-
-STOPPED = 75  # exit status of a run stopped by a signal after saving a checkpoint (sysexits' EX_TEMPFAIL: retry)
-
-
-class StopSignal:
-    """SIGINT (Ctrl-C), SIGTERM (a cluster's pre-emption) and SIGUSR1/SIGUSR2 (what SLURM's `--signal` sends ahead of
-    a time limit) set a flag instead of killing the run: the loop saves a checkpoint at the next step boundary and
-    exits (status STOPPED) with the command that resumes it. At the last step the run simply finishes."""
-
-    def __init__(self):
-        self.name = None
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
-            signal.signal(sig, self.set)
-
-    def set(self, signum, frame):
-        self.name = signal.Signals(signum).name
-
-
-# ----------------------------------------------------------------------------------------------
-# Environments and evaluation
+# Evaluation
 # ----------------------------------------------------------------------------------------------
 def make_eval_envs(env_spec, num_envs: int, render: bool = False, **overrides) -> gym.vector.SyncVectorEnv:
     """A sync vector env of the dataset's eval env (keyword overrides go to every env); with render, the first
-    env renders rgb frames. Sync, not async: faster for 100 PointMaze envs on a 2-core machine (README, Speed)."""
+    env renders rgb frames. Sync, not async: faster for 100 PointMaze envs on a 2-core machine."""
     kwargs = [{**overrides, "render_mode": "rgb_array"} if render and i == 0 else overrides for i in range(num_envs)]
     return gym.vector.SyncVectorEnv([lambda kw=kw: gym.make(env_spec, **kw) for kw in kwargs])
 
@@ -995,21 +805,216 @@ def make_envs(dataset, maze: bool, num_eval: int, render: bool = False):
     return gym.make(spec, **overrides), make_eval_envs(spec, num_eval, render=render, **overrides)
 
 
+def check_video(envs, seed: int):
+    """Fail now, not at the first evaluation, where --capture-video cannot render or write."""
+    try:
+        import moviepy  # noqa: F401  (gymnasium's save_video writes with it)
+
+        envs.reset(seed=seed)
+        envs.envs[0].render()
+    except Exception as e:
+        raise UserError(f"--capture-video cannot render ({first_line(e)}); on a headless machine set MUJOCO_GL=egl, "
+                        "and pip install moviepy") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# Pre-trained weights: the files --save-model writes at each phase end, and --checkpoint loads
+# ----------------------------------------------------------------------------------------------
+def save_checkpoint(path: str, networks: Networks, args: Args, step: int, phase: str, obs_dim: int, act_dim: int,
+                    info: dict):
+    """The networks, the optimisers' state and how the data were scaled (not the replay buffer or the env)."""
+    actor, critic, target_critic, value, optimizers, _ = networks
+    torch.save({"args": asdict(args), "step": step, "phase": phase, "obs_dim": obs_dim, "act_dim": act_dim,
+                "reward_scale": info["reward_scale"], "actor": actor.state_dict(), "critic": critic.state_dict(),
+                "target_critic": target_critic.state_dict(), "value": value.state_dict(),
+                "optimizers": [opt.state_dict()["state"] for opt in optimizers]}, path)
+    print(f"model saved to {path}")
+
+
+def load_checkpoint(path: str, networks: Networks, args: Args, obs_dim: int, act_dim: int, info: dict) -> int:
+    """Load a --save-model file into the networks (and the optimisers, where it holds their state); returns the
+    number of updates it was trained for. A file from another env or script fails here with one line."""
+    try:
+        ckpt = torch.load(path, map_location=networks.value.net[0].weight.device, weights_only=True)
+    except pickle.UnpicklingError:  # more than tensors inside: a checkpoint_{step}.pt keeps random-generator states
+        raise UserError(f"{path} is not a --save-model file (a checkpoint_{{step}}.pt training state continues its "
+                        "own run with --resume)") from None
+    except Exception as e:
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}" if str(e) else type(e).__name__
+        raise UserError(f"cannot read checkpoint {path} as a file saved by torch.save ({reason})") from None
+    names = ("actor", "critic", "target_critic", "value")
+    if not isinstance(ckpt, dict) or not {*names, "obs_dim", "act_dim", "args"} <= set(ckpt):
+        raise UserError(f"{path} is not a checkpoint saved with --save-model by these scripts")
+    trained = ckpt["args"].get("env_id", "?")
+    if (ckpt["obs_dim"], ckpt["act_dim"]) != (obs_dim, act_dim):
+        raise UserError(f"checkpoint {path} has input {ckpt['obs_dim']} and action {ckpt['act_dim']} (trained on "
+                        f"{trained}), but {args.env_id} needs {obs_dim} and {act_dim}: another env, or --goal-input differs")
+    if ckpt["args"].get("hidden_dim") != args.hidden_dim:
+        raise UserError(f"checkpoint {path} has --hidden-dim {ckpt['args'].get('hidden_dim')}, this run "
+                        f"{args.hidden_dim}: pass --hidden-dim {ckpt['args'].get('hidden_dim')}")
+    scale = ckpt.get("reward_scale", 1.0)  # an iql_antmaze.py file has none: maze rewards are not scaled
+    if not math.isclose(scale, info["reward_scale"], rel_tol=1e-6):
+        raise UserError(f"checkpoint {path} was trained on rewards scaled by {scale:.6g}, this run's are scaled by "
+                        f"{info['reward_scale']:.6g} (another dataset, or --normalize-reward differs): its Q and V "
+                        "would not fit the new targets")
+    try:
+        for name in names:
+            getattr(networks, name).load_state_dict(ckpt[name])
+    except RuntimeError as e:  # e.g. a dropout layer more or less shifts the layer names
+        reason = " ".join(str(e).split())[:200]
+        raise UserError(f"checkpoint {path} does not fit these networks ({reason})") from None
+    if "optimizers" in ckpt:  # the Adam moments; the learning rates and options stay this run's
+        for opt, state in zip(networks.optimizers, ckpt["optimizers"]):
+            opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
+    else:
+        print(f"note: {path} holds no optimiser state (an offline script saved it): Adam starts afresh")
+    if trained != args.env_id:
+        print(f"warning: checkpoint {path} was trained on {trained}, this run fine-tunes on {args.env_id}")
+    if ckpt.get("phase") == "online":
+        print(f"warning: {path} was saved after online fine-tuning; its replay buffer and env were not saved, so this "
+              "starts a new online phase from its networks (a restart, not a resume)")
+    return int(ckpt.get("step", ckpt["args"].get("total_steps", 0)))
+
+
+# ----------------------------------------------------------------------------------------------
+# Training state: checkpoints that resume exactly, and a clean stop on SIGINT / SIGTERM / SIGUSR1 / SIGUSR2
+# ----------------------------------------------------------------------------------------------
+STOPPED = 75  # exit status of a run stopped by a signal after saving a checkpoint (sysexits' EX_TEMPFAIL: retry)
+NETS = ("actor", "critic", "target_critic", "value")
+
+
+def save_state(path: str, step: int, networks: Networks, args: Args, eval_rng, evaluations: list,
+               extra: Optional[dict] = None) -> str:
+    """Everything a resumed run needs to continue exactly: the networks, optimisers and schedule, the step, the
+    evaluations, every random generator, and what the script adds in `extra`. Written under a temporary name, then
+    renamed, so that an interrupted write never leaves a broken checkpoint."""
+    rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+           "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+           "eval": eval_rng.bit_generator.state}
+    torch.save({"script": os.path.basename(__file__), "step": step, "args": asdict(args), "evaluations": evaluations,
+                **(extra or {}), **{name: getattr(networks, name).state_dict() for name in NETS},
+                "optimizers": [opt.state_dict() for opt in networks.optimizers],
+                "actor_schedule": networks.actor_schedule.state_dict(), "rng": rng}, path + ".tmp")
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def read_state(path: str) -> dict:
+    """A checkpoint of this script, checked before anything is built from it."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)  # our own file: numpy RNG states inside
+    except Exception as e:
+        raise UserError(f"cannot read checkpoint {path} ({first_line(e)})") from None
+    script = os.path.basename(__file__)
+    if not isinstance(state, dict) or not {"step", "args", "rng", "optimizers"} <= set(state):
+        raise UserError(f"{path} is not a checkpoint_{{step}}.pt file of this script (--save-model files cannot resume)")
+    if state.get("script", script) != script:  # older checkpoints carry no name: their settings are checked below
+        raise UserError(f"{path} was written by {state['script']}, not {script}: resume it with {state['script']}")
+    unknown = sorted(set(state["args"]) - {f.name for f in fields(Args)})
+    if unknown:
+        raise UserError(f"{path} has settings {script} does not know ({', '.join(unknown)}): it was written by "
+                        "another script or another version of this one")
+    return state
+
+
+def restore_state(state: dict, networks: Networks, eval_rng) -> tuple[int, list]:
+    """Load a read_state() dict into the networks, optimisers, schedule and random generators; returns
+    (step, evaluations so far)."""
+    try:
+        for name in NETS:
+            getattr(networks, name).load_state_dict(state[name])
+    except RuntimeError as e:
+        raise UserError(f"the checkpoint does not fit these networks ({' '.join(str(e).split())[:150]})") from None
+    for opt, saved in zip(networks.optimizers, state["optimizers"]):
+        lrs = [group["lr"] for group in opt.param_groups]
+        opt.load_state_dict(saved)
+        # load_state_dict swaps in the checkpoint's (CPU) learning-rate tensors: put this run's device tensors back,
+        # with the saved values, so that the schedule still updates what a captured CUDA graph reads
+        for group, lr in zip(opt.param_groups, lrs):
+            group["lr"] = lr.fill_(float(group["lr"]))
+    networks.actor_schedule.load_state_dict(state["actor_schedule"])
+    rng = state["rng"]
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+    eval_rng.bit_generator.state = rng["eval"]
+    return state["step"], state["evaluations"]
+
+
+def run_folder(args: Args):
+    """(args, saved state or None, run folder). --resume continues a run in its own folder with its own settings,
+    except the device flags of this command: they change where and how fast it runs, not what it computes."""
+    if not args.resume:
+        return args, None, Path("runs") / f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}".replace(
+            "/", "-")
+    state = read_state(args.resume)
+    args = replace(Args(**state["args"]), resume=args.resume, cuda=args.cuda, compile=args.compile,
+                   cudagraphs=args.cudagraphs)
+    print(f"resuming {Path(args.resume).parent.name} from step {state['step']:,} with its own settings (of this "
+          "command's flags only --cuda, --compile and --cudagraphs are used)")
+    return args, state, Path(args.resume).parent
+
+
+class StopSignal:
+    """SIGINT (Ctrl-C), SIGTERM (a cluster's pre-emption) and SIGUSR1/SIGUSR2 (what SLURM's `--signal` sends ahead of
+    a time limit) set a flag instead of killing the run: the loop saves a checkpoint at the next step and exits
+    (status STOPPED) with the command that resumes it. At the last step the run simply finishes."""
+
+    def __init__(self):
+        self.name = None
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+            signal.signal(sig, self.set)
+
+    def set(self, signum, frame):
+        self.name = signal.Signals(signum).name
+
+    def exit(self, step: int, path: str):
+        """Exit with STOPPED and a resume command that can be pasted: the path quoted, the dataset folder carried."""
+        data = os.environ.get("MINARI_DATASETS_PATH")
+        env = f"MINARI_DATASETS_PATH={shlex.quote(str(Path(data).resolve()))} " if data else ""
+        print(f"{self.name} at step {step:,}: saved {path}; continue with: {env}python {os.path.basename(__file__)} "
+              f"--resume {shlex.quote(path)}", file=sys.stderr)
+        sys.exit(STOPPED)
+
+
+def progress_line(step: int, total: int, rate: float, last_eval: str) -> str:
+    """The line every script prints at each log step."""
+    eta = int((total - step) / max(rate, 1e-9))
+    return (f"step {step:,}/{total:,}  {rate:.0f} updates/s  ETA {eta // 3600}h{eta % 3600 // 60:02d}m{eta % 60:02d}s  "
+            f"last evaluation: {last_eval}")
+
+
+def check_finite(losses: dict, step: int):
+    """Stop a run whose losses became NaN or infinite (checked at log steps only: no extra host sync)."""
+    bad = [f"{tag} = {v}" for tag, v in losses.items() if not math.isfinite(v)]
+    if bad:
+        raise UserError(f"step {step:,}: {', '.join(bad)}; the run diverged (try a lower --learning-rate, "
+                        "or check the data for extreme values)")
+
+
+def make_writer(args: Args, run_dir: Path, start: int, device, texts: dict):
+    """TensorBoard (and W&B with --track), continuing without repeated steps after a resume."""
+    if args.track:
+        import wandb
+
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                   config=vars(args), name=run_dir.name, save_code=True)
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(run_dir), purge_step=start + 1 if start else None)
+    table = {**vars(args), "device used": device}
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in table.items()))
+    for tag, text in texts.items():
+        writer.add_text(tag, text)
+    print(f"run folder: {run_dir}")
+    return writer
+
+
 def main(args: Args):
     check_args(args)
-    state = None
-    if args.resume:  # continue a run: its settings, its folder (wherever that is), its step
-        state = read_state(args.resume)
-        # The device flags come from this command (they change where and how fast it runs, not what it computes)
-        args = replace(Args(**state["args"]), resume=args.resume, cuda=args.cuda, compile=args.compile,
-                       cudagraphs=args.cudagraphs)  # checked above, with the command's flags
-        run_dir = Path(args.resume).parent
-        run_name = run_dir.name
-        print(f"resuming {run_name} from step {state['step']:,} with its own settings (of this command's flags only "
-              "--cuda, --compile and --cudagraphs are used)")
-    else:
-        run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}".replace("/", "-")
-        run_dir = Path("runs") / run_name
+    args, state, run_dir = run_folder(args)
     given_args = args  # before the domain defaults fill it in: what a checkpoint keeps
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -1044,15 +1049,8 @@ def main(args: Args):
     print(f"online and evaluation env: {eval_spec.id}" + (" with continuing_task=False" if info["maze"] else "")
           + f", at most {eval_spec.max_episode_steps} steps; normalised score from {ref_source}"
           + ("" if ref_min is not None else ": logging the return only"))
-    if args.capture_video:  # fail now, not at the first evaluation
-        try:
-            from gymnasium.utils.save_video import save_video
-
-            envs.reset(seed=args.seed)
-            envs.envs[0].render()
-        except Exception as e:
-            raise UserError(f"--capture-video cannot render ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
-                            "on a headless machine set MUJOCO_GL=egl (or osmesa), and pip install moviepy") from None
+    if args.capture_video:
+        check_video(envs, args.seed)
     eval_rng = np.random.default_rng(args.seed)  # fresh, reproducible episode seeds for every evaluation
     observe = partial(network_input, goal_input=args.goal_input)
 
@@ -1074,26 +1072,19 @@ def main(args: Args):
         offline_end = start if args.checkpoint else args.offline_steps
     end = offline_end + args.online_steps
 
-    if args.track:
-        import wandb
-
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
-                   config=vars(args), name=run_name, save_code=True)
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(str(run_dir), purge_step=start + 1 if state is not None else None)  # no repeats
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
-    writer.add_text("domain defaults", "\n".join(table))
-    writer.add_text("dataset", f"{args.env_id} -> {', '.join(info['dataset_ids'])}; {n} transitions; "
-                               f"reward scale {info['reward_scale']}; scores from {ref_source}; "
-                               f"online phase from update {offline_end}")
+    writer = make_writer(args, run_dir, start, device, {
+        "domain defaults": "\n".join(table),
+        "dataset": f"{args.env_id} -> {', '.join(info['dataset_ids'])}; {n} transitions; reward scale "
+                   f"{info['reward_scale']}; scores from {ref_source}; online phase from update {offline_end}"})
 
     def evaluate_and_log(step: int):
         frames = [] if args.capture_video else None
         seeds = eval_rng.integers(2**31, size=args.eval_episodes).tolist()
         returns, reached = evaluate(actor, envs, seeds, device, observe, frames)
         if frames:
-            save_video(frames, f"videos/{run_name}", fps=envs.envs[0].metadata["render_fps"],
+            from gymnasium.utils.save_video import save_video
+
+            save_video(frames, f"videos/{run_dir.name}", fps=envs.envs[0].metadata["render_fps"],
                        name_prefix=f"eval-step-{step}", episode_trigger=lambda _: True)
         writer.add_scalar("charts/episodic_return", returns.mean(), step)
         summary = f"return {returns.mean():.2f}"
@@ -1170,9 +1161,7 @@ def main(args: Args):
                 writer.close()
                 env.close()
                 envs.close()
-                print(f"{stop.name} at step {step:,}: saved {path}; continue with: "
-                      f"python {os.path.basename(__file__)} --resume {path}", file=sys.stderr)
-                sys.exit(STOPPED)
+                stop.exit(step, path)
 
     # The evaluations at the phase change and at the end; the best one (selected on the evaluations themselves,
     # so optimistic) is labelled as such.
@@ -1196,8 +1185,7 @@ def main(args: Args):
 
 
 if __name__ == "__main__":
-    args = tyro.cli(Args)
     try:
-        main(args)
+        main(tyro.cli(Args))
     except UserError as e:  # user mistakes: one line, no traceback
         sys.exit(f"error: {e}")

@@ -8,7 +8,8 @@ import pytest
 
 ALL = ("iql_continuous", "iql_antmaze", "iql_finetune")
 COPIES = {  # the scripts that hold a copy: the names they hold
-    ALL: ["UserError", "env_domain", "with_domain_defaults", "load_minari_dataset", "read_episodes", "check_data",
+    ALL: ["UserError", "env_domain", "with_domain_defaults", "first_line", "load_minari_dataset", "read_episodes",
+          "check_data", "check_video", "run_folder", "make_writer",
           "Batch", "expectile_loss", "awr_loss", "td_target", "q_loss", "gaussian_log_prob", "cosine_decay", "mlp",
           "TwinQ", "Value", "Actor", "optimizer_step", "update", "Networks", "make_networks", "make_train_step",
           "cuda_graph", "progress_line", "check_finite", "save_state", "read_state", "restore_state", "StopSignal",
@@ -19,14 +20,8 @@ COPIES = {  # the scripts that hold a copy: the names they hold
     ("iql_antmaze", "iql_finetune"): ["maze_observations", "maze_rewards_and_terminals", "flatten_maze_episodes",
                                       "record_success", "evaluate"],
 }
-TABLES = {ALL: ["DOMAIN_DEFAULTS", "MINARI_ID", "STOPPED"],
+TABLES = {ALL: ["DOMAIN_DEFAULTS", "MINARI_ID", "STOPPED", "NETS"],
           ("iql_continuous", "iql_finetune"): ["D4RL_REF_SCORES", "ENV_TO_TASK"]}
-
-
-def resume_block(module) -> str:
-    """main()'s resume branch: settings from the checkpoint, device flags from the command, the checkpoint's folder."""
-    source = inspect.getsource(module.main)
-    return source[source.index("    if args.resume:"):source.index("    given_args = args")]
 
 
 def assert_same_copies(what: str, scripts: tuple, sources: list):
@@ -52,12 +47,6 @@ def test_copies_are_identical(scripts, name):
 def test_tables_are_identical(scripts, name):
     modules = [importlib.import_module(s) for s in scripts]
     assert_same_copies(f"`{name}`", scripts, [repr(getattr(m, name)) for m in modules])
-
-
-def test_resume_branch_of_main_is_identical():
-    modules = [importlib.import_module(s) for s in ALL]
-    assert "run_dir = Path(args.resume).parent" in resume_block(modules[0])
-    assert_same_copies("main()'s resume branch", ALL, [resume_block(m) for m in modules])
 
 
 def test_stop_status_is_the_runners():

@@ -199,13 +199,30 @@ def test_sigterm_saves_a_checkpoint_that_finishes_the_run(minari_root, tmp_path,
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == cont.STOPPED
     (message,) = stderr.strip().splitlines()
-    assert message.startswith("SIGTERM at step ") and "continue with: python iql_continuous.py --resume " in message
+    command = f"continue with: MINARI_DATASETS_PATH={minari_root[0].resolve()} python iql_continuous.py --resume "
+    assert message.startswith("SIGTERM at step ") and command in message  # the data folder carried: a fresh shell works
     path = message.split("--resume ")[1]
     stopped_at = torch.load(tmp_path / path, weights_only=False)["step"]
     assert 50 <= stopped_at < 1500
     run_main("iql_continuous", tmp_path, "--resume", path)
     stdout = capsys.readouterr().out
     assert "step    1,500" in stdout and f"from step {stopped_at:,}" in stdout
+
+
+def test_the_resume_command_can_be_pasted_back(monkeypatch, capsys):
+    """A path with a space is quoted, and the dataset folder comes with the command."""
+    import shlex
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", "/data/my datasets")
+    stop = cont.StopSignal.__new__(cont.StopSignal)  # no handlers installed
+    stop.name = "SIGUSR1"
+    with pytest.raises(SystemExit) as exit_status:
+        stop.exit(7, "my runs/r1/checkpoint_7.pt")
+    assert exit_status.value.code == cont.STOPPED
+    message = capsys.readouterr().err
+    assert message.startswith("SIGUSR1 at step 7: saved my runs/r1/checkpoint_7.pt; continue with: ")
+    assert shlex.split(message.split("continue with: ")[1]) == [
+        "MINARI_DATASETS_PATH=/data/my datasets", "python", "iql_continuous.py", "--resume", "my runs/r1/checkpoint_7.pt"]
 
 
 def test_checkpoint_freq_zero_writes_no_checkpoint(minari_root, tmp_path):
@@ -236,8 +253,9 @@ def test_a_signal_at_the_last_step_lets_the_run_finish(minari_root, tmp_path, mo
     """A signal that is already pending: with updates left, the run saves at step 1 and exits with STOPPED; at the
     last step it finishes (final report, final checkpoint) instead of asking to be resumed."""
 
-    class Pending:
-        name = "SIGTERM"
+    class Pending(cont.StopSignal):
+        def __init__(self):  # no handlers: the signal has already arrived
+            self.name = "SIGTERM"
 
     monkeypatch.setattr(cont, "StopSignal", Pending)
     monkeypatch.chdir(tmp_path)
