@@ -636,9 +636,8 @@ NETS = ("actor", "critic", "target_critic", "value")
 
 def save_state(path: str, step: int, networks: Networks, args: Args, eval_rng, evaluations: list,
                extra: Optional[dict] = None) -> str:
-    """Everything a resumed run needs to continue exactly: the networks, optimisers and schedule, the step, the
-    evaluations, every random generator, and what the script adds in `extra`. Written under a temporary name, then
-    renamed, so that an interrupted write never leaves a broken checkpoint."""
+    """All that a resumed run needs to continue exactly (with what the script adds in `extra`), written under a
+    temporary name and then renamed, so that an interrupted write never leaves a broken checkpoint."""
     rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
            "eval": eval_rng.bit_generator.state}
@@ -659,12 +658,8 @@ def read_state(path: str) -> dict:
     script = os.path.basename(__file__)
     if not isinstance(state, dict) or not {"step", "args", "rng", "optimizers"} <= set(state):
         raise UserError(f"{path} is not a checkpoint_{{step}}.pt file of this script (--save-model files cannot resume)")
-    if state.get("script", script) != script:  # older checkpoints carry no name: their settings are checked below
+    if state.get("script", script) != script:  # older checkpoints carry no name: run_folder checks their settings
         raise UserError(f"{path} was written by {state['script']}, not {script}: resume it with {state['script']}")
-    unknown = sorted(set(state["args"]) - {f.name for f in fields(Args)})
-    if unknown:
-        raise UserError(f"{path} has settings {script} does not know ({', '.join(unknown)}): it was written by "
-                        "another script or another version of this one")
     return state
 
 
@@ -678,10 +673,8 @@ def restore_state(state: dict, networks: Networks, eval_rng) -> tuple[int, list]
         raise UserError(f"the checkpoint does not fit these networks ({' '.join(str(e).split())[:150]})") from None
     for opt, saved in zip(networks.optimizers, state["optimizers"]):
         lrs = [group["lr"] for group in opt.param_groups]
-        opt.load_state_dict(saved)
-        # load_state_dict swaps in the checkpoint's (CPU) learning-rate tensors: put this run's device tensors back,
-        # with the saved values, so that the schedule still updates what a captured CUDA graph reads
-        for group, lr in zip(opt.param_groups, lrs):
+        opt.load_state_dict(saved)  # it swaps in the saved (CPU) learning-rate tensors; put back this run's, refilled,
+        for group, lr in zip(opt.param_groups, lrs):  # which the schedule updates and a captured CUDA graph reads
             group["lr"] = lr.fill_(float(group["lr"]))
     networks.actor_schedule.load_state_dict(state["actor_schedule"])
     rng = state["rng"]
@@ -698,9 +691,13 @@ def run_folder(args: Args):
     """(args, saved state or None, run folder). --resume continues a run in its own folder with its own settings,
     except the device flags of this command: they change where and how fast it runs, not what it computes."""
     if not args.resume:
-        return args, None, Path("runs") / f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}".replace(
-            "/", "-")
+        name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+        return args, None, Path("runs") / name.replace("/", "-")
     state = read_state(args.resume)
+    unknown = sorted(set(state["args"]) - {f.name for f in fields(Args)})
+    if unknown:
+        raise UserError(f"{args.resume} has settings this script does not know ({', '.join(unknown)}): another "
+                        "script or another version of this one wrote it")
     args = replace(Args(**state["args"]), resume=args.resume, cuda=args.cuda, compile=args.compile,
                    cudagraphs=args.cudagraphs)
     print(f"resuming {Path(args.resume).parent.name} from step {state['step']:,} with its own settings (of this "

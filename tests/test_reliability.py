@@ -225,6 +225,14 @@ def test_the_resume_command_can_be_pasted_back(monkeypatch, capsys):
         "MINARI_DATASETS_PATH=/data/my datasets", "python", "iql_continuous.py", "--resume", "my runs/r1/checkpoint_7.pt"]
 
 
+def test_resume_refuses_settings_it_does_not_know(continuous_run, tmp_path):
+    state = torch.load(continuous_run / "checkpoint_20.pt", weights_only=False)
+    state["args"]["bogus_flag"] = 1  # as another version of the script would write it
+    torch.save(state, tmp_path / "checkpoint_20.pt")
+    with pytest.raises(cont.UserError, match=r"settings this script does not know \(bogus_flag\)"):
+        run_main("iql_continuous", tmp_path, "--resume", tmp_path / "checkpoint_20.pt")
+
+
 def test_checkpoint_freq_zero_writes_no_checkpoint(minari_root, tmp_path):
     run_main("iql_continuous", tmp_path, "--env-id", "test/hopper/random-v0", "--total-steps", "20", "--eval-episodes",
              "1", "--hidden-dim", "16", "--batch-size", "32", "--save-model", "--exp-name", "m",
