@@ -110,9 +110,7 @@ class Args:
     resume: Optional[str] = None
     """a checkpoint_{step}.pt file: continue its run (its settings but the device flags, its folder) from that step"""
 
-# ----------------------------------------------------------------------------------------------
-# Losses (pure functions of tensors)
-# ----------------------------------------------------------------------------------------------
+# ---- Losses (pure functions of tensors) ------------------------------------------------------------------------------
 class Batch(NamedTuple):
     observations: torch.Tensor
     actions: torch.Tensor
@@ -155,9 +153,7 @@ def cosine_decay(step: int, total_steps: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
 
 
-# ----------------------------------------------------------------------------------------------
-# Networks: 2x256 ReLU MLPs, orthogonal init with gain sqrt(2) and zero bias everywhere (IK `common.py`)
-# ----------------------------------------------------------------------------------------------
+# ---- Networks: 2x256 ReLU MLPs, orthogonal init with gain sqrt(2) and zero bias everywhere (IK `common.py`) ----------
 def mlp(in_dim: int, out_dim: int, hidden_dim: int, dropout: Optional[float] = None) -> nn.Sequential:
     layers = []
     for d_in in (in_dim, hidden_dim):
@@ -223,9 +219,7 @@ class Actor(nn.Module):
         return self(obs)[0].clamp(-1.0, 1.0)
 
 
-# ----------------------------------------------------------------------------------------------
-# One IQL update (paper Algorithm 1; IK `learner.py`: value, then actor and critic with the new V, then target)
-# ----------------------------------------------------------------------------------------------
+# ---- One IQL update (paper Algorithm 1; IK `learner.py`: value, then actor and critic with the new V, then target) ---
 @torch.compiler.disable  # under --compile the losses are compiled; the (fused) optimizer steps stay as they are
 def optimizer_step(optimizer, loss):
     optimizer.zero_grad(set_to_none=True)
@@ -343,9 +337,7 @@ def cuda_graph(fn, warmup: int = 3):
 
 
 
-# ----------------------------------------------------------------------------------------------
-# Data: D4RL maze names, maze observations and rewards -> transition tensors
-# ----------------------------------------------------------------------------------------------
+# ---- Data: D4RL maze names, maze observations and rewards -> transition tensors --------------------------------------
 # D4RL maze names -> Minari ids. Minari's AntMaze "play"/"diverse" data differ from D4RL's.
 ANTMAZE_MAPS = ("umaze", "umaze-diverse", "medium-play", "medium-diverse", "large-play", "large-diverse")
 POINTMAZE_MAPS = ("umaze", "medium", "large")  # sparse rewards only: the terminal rule needs 0/1 rewards
@@ -374,8 +366,10 @@ def check_args(args: Args):
              (args.checkpoint_freq >= 0, f"--checkpoint-freq must be >= 0, got {args.checkpoint_freq}"),
              (not args.cudagraphs or (args.cuda and torch.cuda.is_available()), "--cudagraphs needs a CUDA device"),
              (args.resume is None or Path(args.resume).is_file(), f"--resume {args.resume}: no such file")]
-    rules += [(getattr(args, n) > 0, f"--{n.replace('_', '-')} must be positive, got {getattr(args, n)}") for n in (
-        "learning_rate", "max_weight", "total_steps", "batch_size", "eval_freq", "eval_episodes", "log_freq", "hidden_dim")]
+    positive = ("learning_rate", "max_weight", "total_steps", "batch_size", "eval_freq", "eval_episodes", "log_freq",
+                "hidden_dim")
+    rules += [(getattr(args, n) > 0, f"--{n.replace('_', '-')} must be positive, got {getattr(args, n)}")
+              for n in positive]
     for ok, message in rules:
         if not ok:
             raise UserError(message)
@@ -548,9 +542,7 @@ def load_data(args: Args, device):
     return batch, first, {"dataset_ids": dataset_ids, "goal_fraction": float(data["terminals"].mean())}
 
 
-# ----------------------------------------------------------------------------------------------
-# Evaluation: episodic mazes, scored by success
-# ----------------------------------------------------------------------------------------------
+# ---- Evaluation: episodic mazes, scored by success -------------------------------------------------------------------
 def make_eval_envs(env_spec, num_envs: int, render: bool = False, **overrides) -> gym.vector.SyncVectorEnv:
     """A sync vector env of the dataset's eval env (keyword overrides go to every env); with render, the first
     env renders rgb frames. Sync, not async: faster for 100 PointMaze envs on a 2-core machine."""
@@ -613,9 +605,7 @@ def check_video(envs, seed: int):
                         "and pip install moviepy") from None
 
 
-# ----------------------------------------------------------------------------------------------
-# Training state: checkpoints that resume exactly, and a clean stop on SIGINT / SIGTERM / SIGUSR1 / SIGUSR2
-# ----------------------------------------------------------------------------------------------
+# ---- Training state: checkpoints that resume exactly, and a clean stop on SIGINT / SIGTERM / SIGUSR1 / SIGUSR2 -------
 STOPPED = 75  # exit status of a run stopped by a signal after saving a checkpoint (sysexits' EX_TEMPFAIL: retry)
 NETS = ("actor", "critic", "target_critic", "value")
 
@@ -643,7 +633,8 @@ def read_state(path: str) -> dict:
         raise UserError(f"cannot read checkpoint {path} ({first_line(e)})") from None
     script = os.path.basename(__file__)
     if not isinstance(state, dict) or not {"step", "args", "rng", "optimizers"} <= set(state):
-        raise UserError(f"{path} is not a checkpoint_{{step}}.pt file of this script (--save-model files cannot resume)")
+        raise UserError(f"{path} is not a checkpoint_{{step}}.pt file of this script (--save-model files do not "
+                        "resume)")
     if state.get("script", script) != script:  # older checkpoints carry no name: run_folder checks their settings
         raise UserError(f"{path} was written by {state['script']}, not {script}: resume it with {state['script']}")
     return state

@@ -67,7 +67,7 @@ class Args:
     save_model: bool = False
     """if toggled, save every network and the Args to `runs/{run_name}/{exp_name}.pt` at the end"""
     env_id: str = "halfcheetah-medium-v2"
-    """a D4RL name (hopper-medium-expert-v2, pen-human-v1, kitchen-partial-v0, ...) or a Minari id `namespace/name-vN`"""
+    """a D4RL name (hopper-medium-expert-v2, pen-human-v1, kitchen-partial-v0, ...) or a Minari id namespace/name-vN"""
     normalize_reward: bool = True
     """scale locomotion rewards by 1000 / (max - min trajectory return), as IK does (other domains: unscaled)"""
     total_steps: int = 1_000_000
@@ -107,9 +107,7 @@ class Args:
     """a checkpoint_{step}.pt file: continue its run (its settings but the device flags, its folder) from that step"""
 
 
-# ----------------------------------------------------------------------------------------------
-# Losses (pure functions of tensors)
-# ----------------------------------------------------------------------------------------------
+# ---- Losses (pure functions of tensors) ------------------------------------------------------------------------------
 class Batch(NamedTuple):
     observations: torch.Tensor
     actions: torch.Tensor
@@ -152,9 +150,7 @@ def cosine_decay(step: int, total_steps: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
 
 
-# ----------------------------------------------------------------------------------------------
-# Networks: 2x256 ReLU MLPs, orthogonal init with gain sqrt(2) and zero bias everywhere (IK `common.py`)
-# ----------------------------------------------------------------------------------------------
+# ---- Networks: 2x256 ReLU MLPs, orthogonal init with gain sqrt(2) and zero bias everywhere (IK `common.py`) ----------
 def mlp(in_dim: int, out_dim: int, hidden_dim: int, dropout: Optional[float] = None) -> nn.Sequential:
     layers = []
     for d_in in (in_dim, hidden_dim):
@@ -220,9 +216,7 @@ class Actor(nn.Module):
         return self(obs)[0].clamp(-1.0, 1.0)
 
 
-# ----------------------------------------------------------------------------------------------
-# One IQL update (paper Algorithm 1; IK `learner.py`: value, then actor and critic with the new V, then target)
-# ----------------------------------------------------------------------------------------------
+# ---- One IQL update (paper Algorithm 1; IK `learner.py`: value, then actor and critic with the new V, then target) ---
 @torch.compiler.disable  # under --compile the losses are compiled; the (fused) optimizer steps stay as they are
 def optimizer_step(optimizer, loss):
     optimizer.zero_grad(set_to_none=True)
@@ -339,9 +333,7 @@ def cuda_graph(fn, warmup: int = 3):
     return call
 
 
-# ----------------------------------------------------------------------------------------------
-# Data: D4RL names, domains and their defaults, Minari episodes -> transition tensors
-# ----------------------------------------------------------------------------------------------
+# ---- Data: D4RL names, domains and their defaults, Minari episodes -> transition tensors -----------------------------
 # D4RL locomotion names -> Minari ids; medium-expert is the two datasets concatenated, as D4RL built it.
 # medium-replay and random have no public Minari counterpart (Minari issue 318).
 D4RL_TO_MINARI = {"medium": ["medium-v0"], "expert": ["expert-v0"], "medium-expert": ["medium-v0", "expert-v0"],
@@ -380,8 +372,10 @@ def check_args(args: Args):
              (args.checkpoint_freq >= 0, f"--checkpoint-freq must be >= 0, got {args.checkpoint_freq}"),
              (not args.cudagraphs or (args.cuda and torch.cuda.is_available()), "--cudagraphs needs a CUDA device"),
              (args.resume is None or Path(args.resume).is_file(), f"--resume {args.resume}: no such file")]
-    rules += [(getattr(args, n) > 0, f"--{n.replace('_', '-')} must be positive, got {getattr(args, n)}") for n in (
-        "learning_rate", "max_weight", "total_steps", "batch_size", "eval_freq", "eval_episodes", "log_freq", "hidden_dim")]
+    positive = ("learning_rate", "max_weight", "total_steps", "batch_size", "eval_freq", "eval_episodes", "log_freq",
+                "hidden_dim")
+    rules += [(getattr(args, n) > 0, f"--{n.replace('_', '-')} must be positive, got {getattr(args, n)}")
+              for n in positive]
     for ok, message in rules:
         if not ok:
             raise UserError(message)
@@ -438,7 +432,7 @@ def resolve_dataset_ids(env_id: str) -> list[str]:
         return [env_id]
     raise UserError(f"unknown env id '{env_id}'. Use a D4RL name {{halfcheetah,hopper,walker2d}}-{{medium,expert,"
                     f"medium-expert}}-v2, {{{','.join(ADROIT_TASKS)}}}-{{human,cloned,expert}}-v1, kitchen-"
-                    f"{{{','.join(KITCHEN_TASKS)}}}-v0, or a Minari id namespace/name-vN (e.g. mujoco/hopper/medium-v0).")
+                    f"{{{','.join(KITCHEN_TASKS)}}}-v0, or a Minari id namespace/name-vN (mujoco/hopper/simple-v0).")
 
 
 def first_line(e: Exception) -> str:
@@ -568,9 +562,7 @@ def load_data(args: Args, device):
     return batch, first, {"domain": domain, "task": task, "reward_scale": scale, "dataset_ids": dataset_ids}
 
 
-# ----------------------------------------------------------------------------------------------
-# Evaluation
-# ----------------------------------------------------------------------------------------------
+# ---- Evaluation ------------------------------------------------------------------------------------------------------
 # D4RL's Kitchen evaluation: each task pays once and is then removed; the episode ends when all are done (the return
 # counts the tasks completed). Minari's Kitchen data were recorded with tasks kept, so their rewards repeat on every
 # step while a task stays done: training uses them as stored, evaluation scores the D4RL way.
@@ -627,9 +619,7 @@ def check_video(envs, seed: int):
                         "and pip install moviepy") from None
 
 
-# ----------------------------------------------------------------------------------------------
-# Training state: checkpoints that resume exactly, and a clean stop on SIGINT / SIGTERM / SIGUSR1 / SIGUSR2
-# ----------------------------------------------------------------------------------------------
+# ---- Training state: checkpoints that resume exactly, and a clean stop on SIGINT / SIGTERM / SIGUSR1 / SIGUSR2 -------
 STOPPED = 75  # exit status of a run stopped by a signal after saving a checkpoint (sysexits' EX_TEMPFAIL: retry)
 NETS = ("actor", "critic", "target_critic", "value")
 
@@ -657,7 +647,8 @@ def read_state(path: str) -> dict:
         raise UserError(f"cannot read checkpoint {path} ({first_line(e)})") from None
     script = os.path.basename(__file__)
     if not isinstance(state, dict) or not {"step", "args", "rng", "optimizers"} <= set(state):
-        raise UserError(f"{path} is not a checkpoint_{{step}}.pt file of this script (--save-model files cannot resume)")
+        raise UserError(f"{path} is not a checkpoint_{{step}}.pt file of this script (--save-model files do not "
+                        "resume)")
     if state.get("script", script) != script:  # older checkpoints carry no name: run_folder checks their settings
         raise UserError(f"{path} was written by {state['script']}, not {script}: resume it with {state['script']}")
     return state

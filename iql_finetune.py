@@ -131,9 +131,7 @@ class Args:
     """a checkpoint_{step}.pt file: continue its run (its settings but the device flags, its folder) from that step"""
 
 
-# ----------------------------------------------------------------------------------------------
-# Losses (pure functions of tensors)
-# ----------------------------------------------------------------------------------------------
+# ---- Losses (pure functions of tensors) ------------------------------------------------------------------------------
 class Batch(NamedTuple):
     observations: torch.Tensor
     actions: torch.Tensor
@@ -176,9 +174,7 @@ def cosine_decay(step: int, total_steps: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
 
 
-# ----------------------------------------------------------------------------------------------
-# Networks: 2x256 ReLU MLPs, orthogonal init with gain sqrt(2) and zero bias everywhere (IK `common.py`)
-# ----------------------------------------------------------------------------------------------
+# ---- Networks: 2x256 ReLU MLPs, orthogonal init with gain sqrt(2) and zero bias everywhere (IK `common.py`) ----------
 def mlp(in_dim: int, out_dim: int, hidden_dim: int, dropout: Optional[float] = None) -> nn.Sequential:
     layers = []
     for d_in in (in_dim, hidden_dim):
@@ -244,9 +240,7 @@ class Actor(nn.Module):
         return self(obs)[0].clamp(-1.0, 1.0)
 
 
-# ----------------------------------------------------------------------------------------------
-# One IQL update (paper Algorithm 1; IK `learner.py`: value, then actor and critic with the new V, then target)
-# ----------------------------------------------------------------------------------------------
+# ---- One IQL update (paper Algorithm 1; IK `learner.py`: value, then actor and critic with the new V, then target) ---
 @torch.compiler.disable  # under --compile the losses are compiled; the (fused) optimizer steps stay as they are
 def optimizer_step(optimizer, loss):
     optimizer.zero_grad(set_to_none=True)
@@ -363,9 +357,7 @@ def cuda_graph(fn, warmup: int = 3):
     return call
 
 
-# ----------------------------------------------------------------------------------------------
-# Fine-tuning: the replay buffer and the online step
-# ----------------------------------------------------------------------------------------------
+# ---- Fine-tuning: the replay buffer and the online step --------------------------------------------------------------
 class ReplayBuffer:
     """Transitions on the training device, preallocated for `capacity` (IK `dataset_utils.ReplayBuffer`).
 
@@ -387,11 +379,10 @@ class ReplayBuffer:
 
     def add(self, obs, action, reward: float, next_obs, mask: float):
         """Write one transition into the next slot (over the oldest once full), without waiting for the device."""
-        i = self.next
-        for slot, x in ((self.data.observations, obs), (self.data.actions, action), (self.data.next_observations, next_obs)):
+        i, data = self.next, self.data
+        for slot, x in zip((data.observations, data.actions, data.next_observations), (obs, action, next_obs)):
             slot[i].copy_(torch.from_numpy(np.asarray(x)), non_blocking=True)
-        self.data.rewards[i] = reward
-        self.data.masks[i] = mask
+        data.rewards[i], data.masks[i] = reward, mask
         self.next = (self.next + 1) % self.capacity
         self.count = min(self.count + 1, self.capacity)
         self.size.fill_(self.count)
@@ -433,9 +424,7 @@ def online_step(env, obs, actor: Actor, buffer: ReplayBuffer, observe: Callable,
     return next_obs, reward, terminated, truncated, env_info
 
 
-# ----------------------------------------------------------------------------------------------
-# Data: D4RL names, domains, maze and flat datasets -> transition tensors
-# ----------------------------------------------------------------------------------------------
+# ---- Data: D4RL names, domains, maze and flat datasets -> transition tensors -----------------------------------------
 # D4RL names -> Minari ids. Mazes as in iql_antmaze.py, locomotion as in iql_continuous.py.
 ANTMAZE_MAPS = ("umaze", "umaze-diverse", "medium-play", "medium-diverse", "large-play", "large-diverse")
 POINTMAZE_MAPS = ("umaze", "medium", "large")  # sparse rewards only: the terminal rule needs 0/1 rewards
@@ -478,7 +467,8 @@ def check_args(args: Args):
               "--online-steps are both 0: nothing to train (with --checkpoint, this evaluates the loaded model)"),
              (args.checkpoint_freq >= 0, f"--checkpoint-freq must be >= 0, got {args.checkpoint_freq}"),
              (not args.cudagraphs or (args.cuda and torch.cuda.is_available()), "--cudagraphs needs a CUDA device"),
-             (args.checkpoint is None or Path(args.checkpoint).is_file(), f"--checkpoint {args.checkpoint}: no such file"),
+             (args.checkpoint is None or Path(args.checkpoint).is_file(), f"--checkpoint {args.checkpoint}: no such "
+                                                                            "file"),
              (args.resume is None or Path(args.resume).is_file(), f"--resume {args.resume}: no such file")]
     rules += [(getattr(args, n) > 0, f"--{n.replace('_', '-')} must be positive, got {getattr(args, n)}") for n in (
         "learning_rate", "max_weight", "buffer_size", "batch_size", "eval_freq", "eval_episodes", "log_freq",
@@ -534,8 +524,9 @@ def resolve_dataset_ids(env_id: str) -> list[str]:
     if "/" in env_id and MINARI_ID.match(env_id):
         return [env_id]
     raise UserError(
-        f"unknown env id '{env_id}', or a D4RL name with no Minari counterpart. Use antmaze-{{{','.join(ANTMAZE_MAPS)}}}"
-        f"-v2, maze2d-{{{','.join(POINTMAZE_MAPS)}}}-v1, {{{','.join(ADROIT_TASKS)}}}-{{human,cloned,expert}}-v1, "
+        f"unknown env id '{env_id}', or a D4RL name with no Minari counterpart. Use antmaze-"
+        f"{{{','.join(ANTMAZE_MAPS)}}}-v2, maze2d-{{{','.join(POINTMAZE_MAPS)}}}-v1, "
+        f"{{{','.join(ADROIT_TASKS)}}}-{{human,cloned,expert}}-v1, "
         "{halfcheetah,hopper,walker2d}-{medium,expert,medium-expert}-v2, or a Minari id namespace/name-vN."
     )
 
@@ -735,9 +726,7 @@ def online_transition(x, action, reward: float, next_x, terminated: bool, info: 
     return x, action, online_reward(reward, info), next_x, 0.0 if terminated else 1.0
 
 
-# ----------------------------------------------------------------------------------------------
-# Evaluation
-# ----------------------------------------------------------------------------------------------
+# ---- Evaluation ------------------------------------------------------------------------------------------------------
 def make_eval_envs(env_spec, num_envs: int, render: bool = False, **overrides) -> gym.vector.SyncVectorEnv:
     """A sync vector env of the dataset's eval env (keyword overrides go to every env); with render, the first
     env renders rgb frames. Sync, not async: faster for 100 PointMaze envs on a 2-core machine."""
@@ -817,9 +806,7 @@ def check_video(envs, seed: int):
                         "and pip install moviepy") from None
 
 
-# ----------------------------------------------------------------------------------------------
-# Pre-trained weights: the files --save-model writes at each phase end, and --checkpoint loads
-# ----------------------------------------------------------------------------------------------
+# ---- Pre-trained weights: the files --save-model writes at each phase end, and --checkpoint loads --------------------
 def save_checkpoint(path: str, networks: Networks, args: Args, step: int, phase: str, obs_dim: int, act_dim: int,
                     info: dict):
     """The networks, the optimisers' state and how the data were scaled (not the replay buffer or the env)."""
@@ -848,7 +835,8 @@ def load_checkpoint(path: str, networks: Networks, args: Args, obs_dim: int, act
     trained = ckpt["args"].get("env_id", "?")
     if (ckpt["obs_dim"], ckpt["act_dim"]) != (obs_dim, act_dim):
         raise UserError(f"checkpoint {path} has input {ckpt['obs_dim']} and action {ckpt['act_dim']} (trained on "
-                        f"{trained}), but {args.env_id} needs {obs_dim} and {act_dim}: another env, or --goal-input differs")
+                        f"{trained}), but {args.env_id} needs {obs_dim} and {act_dim}: another env, or --goal-input "
+                        "differs")
     if ckpt["args"].get("hidden_dim") != args.hidden_dim:
         raise UserError(f"checkpoint {path} has --hidden-dim {ckpt['args'].get('hidden_dim')}, this run "
                         f"{args.hidden_dim}: pass --hidden-dim {ckpt['args'].get('hidden_dim')}")
@@ -876,9 +864,7 @@ def load_checkpoint(path: str, networks: Networks, args: Args, obs_dim: int, act
     return int(ckpt.get("step", ckpt["args"].get("total_steps", 0)))
 
 
-# ----------------------------------------------------------------------------------------------
-# Training state: checkpoints that resume exactly, and a clean stop on SIGINT / SIGTERM / SIGUSR1 / SIGUSR2
-# ----------------------------------------------------------------------------------------------
+# ---- Training state: checkpoints that resume exactly, and a clean stop on SIGINT / SIGTERM / SIGUSR1 / SIGUSR2 -------
 STOPPED = 75  # exit status of a run stopped by a signal after saving a checkpoint (sysexits' EX_TEMPFAIL: retry)
 NETS = ("actor", "critic", "target_critic", "value")
 
@@ -906,7 +892,8 @@ def read_state(path: str) -> dict:
         raise UserError(f"cannot read checkpoint {path} ({first_line(e)})") from None
     script = os.path.basename(__file__)
     if not isinstance(state, dict) or not {"step", "args", "rng", "optimizers"} <= set(state):
-        raise UserError(f"{path} is not a checkpoint_{{step}}.pt file of this script (--save-model files cannot resume)")
+        raise UserError(f"{path} is not a checkpoint_{{step}}.pt file of this script (--save-model files do not "
+                        "resume)")
     if state.get("script", script) != script:  # older checkpoints carry no name: run_folder checks their settings
         raise UserError(f"{path} was written by {state['script']}, not {script}: resume it with {state['script']}")
     return state
@@ -1102,8 +1089,8 @@ def main(args: Args):
     def phase_change(step: int):
         nonlocal phase_start, phase_time
         writer.add_scalar("charts/online_start_step", step, step)
-        print(f"offline phase done after {step:,} updates ({step - start:,} in this run, {time.time() - phase_time:.0f}s);"
-              f" online phase: {args.online_steps:,} steps", flush=True)
+        print(f"offline phase done after {step:,} updates ({step - start:,} in this run, "
+              f"{time.time() - phase_time:.0f}s); online phase: {args.online_steps:,} steps", flush=True)
         if args.save_model and step > start:
             save_checkpoint(str(run_dir / f"{args.exp_name}_offline.pt"), networks, args, step, "offline",
                             obs_dim, act_dim, info)
