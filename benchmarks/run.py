@@ -1,6 +1,6 @@
 """Run a suite of experiments (IQL and BC = `--temperature 0`, several seeds), then tabulate and plot them.
 
-    MINARI_DATASETS_PATH=../shared/datasets python benchmarks/run.py --suite local     # this 2-core CPU, ~1 hour
+    MINARI_DATASETS_PATH=$LOCAL_DATASETS python benchmarks/run.py --suite local    # this 2-core CPU, ~1 hour
     python benchmarks/run.py --suite paper --launcher slurm --max-parallel 32          # D4RL settings, GPU cluster
 
 Each run is a separate process (`python iql_*.py ...`) started through submitit: `--launcher local` runs at most
@@ -70,7 +70,7 @@ class Run(NamedTuple):
 
 
 def local_suite() -> list[Run]:
-    """The real local datasets (../shared/datasets), on a budget two 1-thread runs at a time finish in about an hour
+    """The team's local datasets (local/*, in MINARI_DATASETS_PATH), on a budget two 1-thread runs at a time finish in about an hour
     on a 2-core CPU: 15,000 updates each, 18 runs."""
     hopper = ("--total-steps", "15000", "--eval-freq", "3000", "--eval-episodes", "10")
     maze = ("--total-steps", "15000", "--eval-freq", "3000", "--eval-episodes", "20")
