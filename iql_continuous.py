@@ -135,7 +135,7 @@ def td_target(rewards, masks, next_v, gamma: float) -> torch.Tensor:
 
 
 def q_loss(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Sum over the twin critics (leading axis) of their mean squared TD errors, as IK sums them."""
+    """Paper eq. 6: the sum over the twin critics (leading axis) of their mean squared TD errors, as IK sums them."""
     return (q - target).square().mean(dim=-1).sum()
 
 
@@ -379,6 +379,11 @@ def check_args(args: Args):
     for ok, message in rules:
         if not ok:
             raise UserError(message)
+    check_track(args)
+
+
+def check_track(args: Args):
+    """--track needs W&B: checked before any heavy work, and again for a resumed run's own settings."""
     if args.track:
         try:
             import wandb  # noqa: F401
@@ -571,7 +576,7 @@ KITCHEN_EVAL = {"remove_task_when_completed": True, "terminate_on_tasks_complete
 
 def make_eval_envs(env_spec, num_envs: int, render: bool = False, **overrides) -> gym.vector.SyncVectorEnv:
     """A sync vector env of the dataset's eval env (keyword overrides go to every env); with render, the first
-    env renders rgb frames. Sync, not async: faster for 100 PointMaze envs on a 2-core machine."""
+    env renders rgb frames. Sync, not async: faster for 100 PointMaze envs on 2 cores (benchmarks/SPEED.md)."""
     kwargs = [{**overrides, "render_mode": "rgb_array"} if render and i == 0 else overrides for i in range(num_envs)]
     return gym.vector.SyncVectorEnv([lambda kw=kw: gym.make(env_spec, **kw) for kw in kwargs])
 
@@ -663,10 +668,10 @@ def restore_state(state: dict, networks: Networks, eval_rng) -> tuple[int, list]
     except RuntimeError as e:
         raise UserError(f"the checkpoint does not fit these networks ({' '.join(str(e).split())[:150]})") from None
     for opt, saved in zip(networks.optimizers, state["optimizers"]):
-        lrs = [group["lr"] for group in opt.param_groups]
-        opt.load_state_dict(saved)  # it swaps in the saved (CPU) learning-rate tensors; put back this run's, refilled,
-        for group, lr in zip(opt.param_groups, lrs):  # which the schedule updates and a captured CUDA graph reads
-            group["lr"] = lr.fill_(float(group["lr"]))
+        ours = [(group["lr"], group["capturable"]) for group in opt.param_groups]
+        opt.load_state_dict(saved)  # it swaps in the saved (CPU) learning-rate tensors and options; put back this
+        for group, (lr, capturable) in zip(opt.param_groups, ours):  # run's, which the schedule and a CUDA graph use
+            group["lr"], group["capturable"] = lr.fill_(float(group["lr"])), capturable
     networks.actor_schedule.load_state_dict(state["actor_schedule"])
     rng = state["rng"]
     torch.set_rng_state(rng["torch"])
@@ -680,7 +685,7 @@ def restore_state(state: dict, networks: Networks, eval_rng) -> tuple[int, list]
 
 def run_folder(args: Args):
     """(args, saved state or None, run folder). --resume continues a run in its own folder with its own settings,
-    except the device flags of this command: they change where and how fast it runs, not what it computes."""
+    except the device flags (--cuda, --compile, --cudagraphs) of this command: bit-identical on the same device."""
     if not args.resume:
         name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
         return args, None, Path("runs") / name.replace("/", "-")
@@ -691,6 +696,7 @@ def run_folder(args: Args):
                         "script or another version of this one wrote it")
     args = replace(Args(**state["args"]), resume=args.resume, cuda=args.cuda, compile=args.compile,
                    cudagraphs=args.cudagraphs)
+    check_track(args)  # the run's own settings
     print(f"resuming {Path(args.resume).parent.name} from step {state['step']:,} with its own settings (of this "
           "command's flags only --cuda, --compile and --cudagraphs are used)")
     return args, state, Path(args.resume).parent
@@ -708,13 +714,17 @@ class StopSignal:
 
     def set(self, signum, frame):
         self.name = signal.Signals(signum).name
+        signal.signal(signum, signal.SIG_DFL)  # the same signal again stops the run at once
 
-    def exit(self, step: int, path: str):
-        """Exit with STOPPED and a resume command that can be pasted: the path quoted, the dataset folder carried."""
+    def exit(self, step: int, path: str, args: Args):
+        """Exit with STOPPED and a resume command that can be pasted: the path quoted, the dataset folder and the
+        device flags carried."""
         data = os.environ.get("MINARI_DATASETS_PATH")
         env = f"MINARI_DATASETS_PATH={shlex.quote(str(Path(data).resolve()))} " if data else ""
+        flags = "".join(f" --{f}" for f in ("compile", "cudagraphs") if getattr(args, f))
+        flags += "" if args.cuda else " --no-cuda"
         print(f"{self.name} at step {step:,}: saved {path}; continue with: {env}python {os.path.basename(__file__)} "
-              f"--resume {shlex.quote(path)}", file=sys.stderr)
+              f"--resume {shlex.quote(path)}{flags}", file=sys.stderr)
         sys.exit(STOPPED)
 
 
@@ -775,8 +785,10 @@ def main(args: Args):
         raise UserError(f"--batch-size {args.batch_size} is larger than the dataset ({n} transitions)")
     ref_min, ref_max, ref_source = reference_scores(dataset, info["task"])
     print(f"normalised score from {ref_source}" + ("" if ref_min is not None else ": logging the return only"))
-    envs = make_eval_envs(dataset.recover_environment(eval_env=True).spec, args.eval_episodes,
-                          render=args.capture_video, **(KITCHEN_EVAL if info["domain"] == "kitchen" else {}))
+    eval_env = dataset.recover_environment(eval_env=True)
+    envs = make_eval_envs(eval_env.spec, args.eval_episodes, render=args.capture_video,
+                          **(KITCHEN_EVAL if info["domain"] == "kitchen" else {}))
+    eval_env.close()
     if args.capture_video:
         check_video(envs, args.seed)
     eval_rng = np.random.default_rng(args.seed)  # fresh, reproducible episode seeds for every evaluation
@@ -833,7 +845,7 @@ def main(args: Args):
             if stopping:
                 writer.close()
                 envs.close()
-                stop.exit(step, path)
+                stop.exit(step, path, args)
 
     # The final evaluation, and the best one labelled as such (it is selected on the evaluations themselves).
     key = 2 if ref_min is not None else 1

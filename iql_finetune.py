@@ -55,7 +55,6 @@ gym.register_envs(gymnasium_robotics)
 
 
 @dataclass
-@dataclass
 class Args:
     """IQL: offline pre-training on a maze, locomotion or Adroit dataset, then online fine-tuning."""
 
@@ -74,7 +73,7 @@ class Args:
     wandb_entity: Optional[str] = None
     """the Weights & Biases entity (team)"""
     capture_video: bool = False
-    """if toggled, record the evaluation episodes of the first env under `videos/{run_name}`"""
+    """if toggled, record the first evaluation episode of each evaluation under `videos/{run_name}`"""
     save_model: bool = False
     """if toggled, save the networks, optimisers and Args at the end of each phase to
     `runs/{run_name}/{exp_name}_{offline,online}.pt`"""
@@ -114,7 +113,7 @@ class Args:
     hidden_dim: int = 256
     """units in each of the two hidden layers of every network"""
     compile: bool = False
-    """if toggled, run the update through `torch.compile`"""
+    """if toggled, run the losses through `torch.compile`"""
     cudagraphs: bool = False
     """if toggled (CUDA only), capture one update in a CUDA graph and replay it every step"""
 
@@ -125,8 +124,8 @@ class Args:
     log_freq: int = 1000
     """copy the losses off the device and log them every this many updates"""
     checkpoint_freq: int = 100_000
-    """save the whole training state (with the replay buffer's online part) to `runs/{run_name}/checkpoint_{step}.pt`
-    every this many updates, at the phase change and at the end (0: never, except on SIGINT/SIGTERM)"""
+    """save the training state (with the replay buffer's online rows) to `runs/{run_name}/checkpoint_{step}.pt` every
+    this many updates, at the phase change and at the end (0: only on a stop signal)"""
     resume: Optional[str] = None
     """a checkpoint_{step}.pt file: continue its run (its settings but the device flags, its folder) from that step"""
 
@@ -159,7 +158,7 @@ def td_target(rewards, masks, next_v, gamma: float) -> torch.Tensor:
 
 
 def q_loss(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Sum over the twin critics (leading axis) of their mean squared TD errors, as IK sums them."""
+    """Paper eq. 6: the sum over the twin critics (leading axis) of their mean squared TD errors, as IK sums them."""
     return (q - target).square().mean(dim=-1).sum()
 
 
@@ -476,6 +475,11 @@ def check_args(args: Args):
     for ok, message in rules:
         if not ok:
             raise UserError(message)
+    check_track(args)
+
+
+def check_track(args: Args):
+    """--track needs W&B: checked before any heavy work, and again for a resumed run's own settings."""
     if args.track:
         try:
             import wandb  # noqa: F401
@@ -729,7 +733,7 @@ def online_transition(x, action, reward: float, next_x, terminated: bool, info: 
 # ---- Evaluation ------------------------------------------------------------------------------------------------------
 def make_eval_envs(env_spec, num_envs: int, render: bool = False, **overrides) -> gym.vector.SyncVectorEnv:
     """A sync vector env of the dataset's eval env (keyword overrides go to every env); with render, the first
-    env renders rgb frames. Sync, not async: faster for 100 PointMaze envs on a 2-core machine."""
+    env renders rgb frames. Sync, not async: faster for 100 PointMaze envs on 2 cores (benchmarks/SPEED.md)."""
     kwargs = [{**overrides, "render_mode": "rgb_array"} if render and i == 0 else overrides for i in range(num_envs)]
     return gym.vector.SyncVectorEnv([lambda kw=kw: gym.make(env_spec, **kw) for kw in kwargs])
 
@@ -908,10 +912,10 @@ def restore_state(state: dict, networks: Networks, eval_rng) -> tuple[int, list]
     except RuntimeError as e:
         raise UserError(f"the checkpoint does not fit these networks ({' '.join(str(e).split())[:150]})") from None
     for opt, saved in zip(networks.optimizers, state["optimizers"]):
-        lrs = [group["lr"] for group in opt.param_groups]
-        opt.load_state_dict(saved)  # it swaps in the saved (CPU) learning-rate tensors; put back this run's, refilled,
-        for group, lr in zip(opt.param_groups, lrs):  # which the schedule updates and a captured CUDA graph reads
-            group["lr"] = lr.fill_(float(group["lr"]))
+        ours = [(group["lr"], group["capturable"]) for group in opt.param_groups]
+        opt.load_state_dict(saved)  # it swaps in the saved (CPU) learning-rate tensors and options; put back this
+        for group, (lr, capturable) in zip(opt.param_groups, ours):  # run's, which the schedule and a CUDA graph use
+            group["lr"], group["capturable"] = lr.fill_(float(group["lr"])), capturable
     networks.actor_schedule.load_state_dict(state["actor_schedule"])
     rng = state["rng"]
     torch.set_rng_state(rng["torch"])
@@ -925,7 +929,7 @@ def restore_state(state: dict, networks: Networks, eval_rng) -> tuple[int, list]
 
 def run_folder(args: Args):
     """(args, saved state or None, run folder). --resume continues a run in its own folder with its own settings,
-    except the device flags of this command: they change where and how fast it runs, not what it computes."""
+    except the device flags (--cuda, --compile, --cudagraphs) of this command: bit-identical on the same device."""
     if not args.resume:
         name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
         return args, None, Path("runs") / name.replace("/", "-")
@@ -936,6 +940,7 @@ def run_folder(args: Args):
                         "script or another version of this one wrote it")
     args = replace(Args(**state["args"]), resume=args.resume, cuda=args.cuda, compile=args.compile,
                    cudagraphs=args.cudagraphs)
+    check_track(args)  # the run's own settings
     print(f"resuming {Path(args.resume).parent.name} from step {state['step']:,} with its own settings (of this "
           "command's flags only --cuda, --compile and --cudagraphs are used)")
     return args, state, Path(args.resume).parent
@@ -953,13 +958,17 @@ class StopSignal:
 
     def set(self, signum, frame):
         self.name = signal.Signals(signum).name
+        signal.signal(signum, signal.SIG_DFL)  # the same signal again stops the run at once
 
-    def exit(self, step: int, path: str):
-        """Exit with STOPPED and a resume command that can be pasted: the path quoted, the dataset folder carried."""
+    def exit(self, step: int, path: str, args: Args):
+        """Exit with STOPPED and a resume command that can be pasted: the path quoted, the dataset folder and the
+        device flags carried."""
         data = os.environ.get("MINARI_DATASETS_PATH")
         env = f"MINARI_DATASETS_PATH={shlex.quote(str(Path(data).resolve()))} " if data else ""
+        flags = "".join(f" --{f}" for f in ("compile", "cudagraphs") if getattr(args, f))
+        flags += "" if args.cuda else " --no-cuda"
         print(f"{self.name} at step {step:,}: saved {path}; continue with: {env}python {os.path.basename(__file__)} "
-              f"--resume {shlex.quote(path)}", file=sys.stderr)
+              f"--resume {shlex.quote(path)}{flags}", file=sys.stderr)
         sys.exit(STOPPED)
 
 
@@ -1145,7 +1154,7 @@ def main(args: Args):
                 writer.close()
                 env.close()
                 envs.close()
-                stop.exit(step, path)
+                stop.exit(step, path, args)
 
     # The evaluations at the phase change and at the end; the best one (selected on the evaluations themselves,
     # so optimistic) is labelled as such.

@@ -2,6 +2,7 @@
 
 import importlib
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -201,7 +202,9 @@ def test_sigterm_saves_a_checkpoint_that_finishes_the_run(minari_root, tmp_path,
     (message,) = stderr.strip().splitlines()
     command = f"continue with: MINARI_DATASETS_PATH={minari_root[0].resolve()} python iql_continuous.py --resume "
     assert message.startswith("SIGTERM at step ") and command in message  # the data folder carried: a fresh shell works
-    path = message.split("--resume ")[1]
+    words = shlex.split(message.split("continue with: ")[1])
+    assert words[-1] == "--no-cuda"  # the device flags of the stopped run come with the command
+    path = words[words.index("--resume") + 1]
     stopped_at = torch.load(tmp_path / path, weights_only=False)["step"]
     assert 50 <= stopped_at < 1500
     run_main("iql_continuous", tmp_path, "--resume", path)
@@ -210,19 +213,18 @@ def test_sigterm_saves_a_checkpoint_that_finishes_the_run(minari_root, tmp_path,
 
 
 def test_the_resume_command_can_be_pasted_back(monkeypatch, capsys):
-    """A path with a space is quoted, and the dataset folder comes with the command."""
-    import shlex
-
+    """A path with a space is quoted; the dataset folder and the device flags come with the command."""
     monkeypatch.setenv("MINARI_DATASETS_PATH", "/data/my datasets")
     stop = cont.StopSignal.__new__(cont.StopSignal)  # no handlers installed
     stop.name = "SIGUSR1"
     with pytest.raises(SystemExit) as exit_status:
-        stop.exit(7, "my runs/r1/checkpoint_7.pt")
+        stop.exit(7, "my runs/r1/checkpoint_7.pt", cont.Args(compile=True))
     assert exit_status.value.code == cont.STOPPED
     message = capsys.readouterr().err
     assert message.startswith("SIGUSR1 at step 7: saved my runs/r1/checkpoint_7.pt; continue with: ")
     assert shlex.split(message.split("continue with: ")[1]) == [
-        "MINARI_DATASETS_PATH=/data/my datasets", "python", "iql_continuous.py", "--resume", "my runs/r1/checkpoint_7.pt"]
+        "MINARI_DATASETS_PATH=/data/my datasets", "python", "iql_continuous.py", "--resume", "my runs/r1/checkpoint_7.pt",
+        "--compile"]
 
 
 def test_resume_refuses_settings_it_does_not_know(continuous_run, tmp_path):
@@ -251,6 +253,7 @@ def test_stop_signals_set_the_flag_instead_of_killing():
             assert stop.name is None
             os.kill(os.getpid(), sig)
             assert stop.name == sig.name
+            assert signal.getsignal(sig) == signal.SIG_DFL  # a second one stops the run at once
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
@@ -312,9 +315,12 @@ def test_restore_keeps_the_learning_rate_tensors_the_schedule_and_a_cuda_graph_u
     path = cont.save_state(str(tmp_path / "checkpoint_30.pt"), 30, saved, args, np.random.default_rng(0), [])
     fresh = cont.make_networks(3, 2, args, "cpu", lr_decay_steps=100)
     tensors = [opt.param_groups[0]["lr"] for opt in fresh.optimizers]
-    cont.restore_state(cont.read_state(path), fresh, np.random.default_rng(0))
+    state = cont.read_state(path)
+    for saved_opt in state["optimizers"]:  # as saved on a GPU, where Adam is capturable
+        saved_opt["param_groups"][0]["capturable"] = True
+    cont.restore_state(state, fresh, np.random.default_rng(0))
     for opt, lr in zip(fresh.optimizers, tensors):
-        assert opt.param_groups[0]["lr"] is lr
+        assert opt.param_groups[0]["lr"] is lr and opt.param_groups[0]["capturable"] is False  # this run's
     assert tensors[0].item() == pytest.approx(args.learning_rate * cont.cosine_decay(30, 100))
     assert tensors[1].item() == pytest.approx(args.learning_rate)  # the critics' rate is constant
     fresh.actor_schedule.step()
