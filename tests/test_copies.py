@@ -8,8 +8,8 @@ import pytest
 
 ALL = ("iql_continuous", "iql_antmaze", "iql_finetune")
 COPIES = {  # the scripts that hold a copy: the names they hold
-    ALL: ["UserError", "check_track", "env_domain", "with_domain_defaults", "first_line", "load_minari_dataset", "read_episodes",
-          "check_data", "check_video", "run_folder", "make_writer",
+    ALL: ["UserError", "check_track", "env_domain", "with_domain_defaults", "first_line", "load_minari_dataset",
+          "read_episodes", "check_data", "check_video", "run_folder", "make_writer",
           "Batch", "expectile_loss", "awr_loss", "td_target", "q_loss", "gaussian_log_prob", "cosine_decay", "mlp",
           "TwinQ", "Value", "Actor", "optimizer_step", "update", "Networks", "make_networks", "make_train_step",
           "cuda_graph", "progress_line", "check_finite", "save_state", "read_state", "restore_state", "StopSignal",

@@ -223,8 +223,8 @@ def test_the_resume_command_can_be_pasted_back(monkeypatch, capsys):
     message = capsys.readouterr().err
     assert message.startswith("SIGUSR1 at step 7: saved my runs/r1/checkpoint_7.pt; continue with: ")
     assert shlex.split(message.split("continue with: ")[1]) == [
-        "MINARI_DATASETS_PATH=/data/my datasets", "python", "iql_continuous.py", "--resume", "my runs/r1/checkpoint_7.pt",
-        "--compile"]
+        "MINARI_DATASETS_PATH=/data/my datasets", "python", "iql_continuous.py", "--resume",
+        "my runs/r1/checkpoint_7.pt", "--compile"]
 
 
 def test_resume_refuses_settings_it_does_not_know(continuous_run, tmp_path):
