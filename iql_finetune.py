@@ -888,23 +888,8 @@ def save_state(path: str, step: int, networks: Networks, args: Args, eval_rng, e
     return path
 
 
-def read_state(path: str) -> dict:
-    """A checkpoint of this script, checked before anything is built from it."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)  # our own file: numpy RNG states inside
-    except Exception as e:
-        raise UserError(f"cannot read checkpoint {path} ({first_line(e)})") from None
-    script = os.path.basename(__file__)
-    if not isinstance(state, dict) or not {"step", "args", "rng", "optimizers"} <= set(state):
-        raise UserError(f"{path} is not a checkpoint_{{step}}.pt file of this script (--save-model files do not "
-                        "resume)")
-    if state.get("script", script) != script:  # older checkpoints carry no name: run_folder checks their settings
-        raise UserError(f"{path} was written by {state['script']}, not {script}: resume it with {state['script']}")
-    return state
-
-
 def restore_state(state: dict, networks: Networks, eval_rng) -> tuple[int, list]:
-    """Load a read_state() dict into the networks, optimisers, schedule and random generators; returns
+    """Load a checkpoint (read by run_folder) into the networks, optimisers, schedule and random generators; returns
     (step, evaluations so far)."""
     try:
         for name in NETS:
@@ -933,7 +918,16 @@ def run_folder(args: Args):
     if not args.resume:
         name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
         return args, None, Path("runs") / name.replace("/", "-")
-    state = read_state(args.resume)
+    path, script = args.resume, os.path.basename(__file__)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)  # our own file: numpy RNG states inside
+    except Exception as e:
+        raise UserError(f"cannot read checkpoint {path} ({first_line(e)})") from None
+    if not isinstance(state, dict) or not {"step", "args", "rng", "optimizers"} <= set(state):
+        raise UserError(f"{path} is not a checkpoint_{{step}}.pt file of this script (--save-model files do not "
+                        "resume)")
+    if state.get("script", script) != script:  # older checkpoints carry no name: their settings are checked below
+        raise UserError(f"{path} was written by {state['script']}, not {script}: resume it with {state['script']}")
     unknown = sorted(set(state["args"]) - {f.name for f in fields(Args)})
     if unknown:
         raise UserError(f"{args.resume} has settings this script does not know ({', '.join(unknown)}): another "

@@ -12,7 +12,7 @@ COPIES = {  # the scripts that hold a copy: the names they hold
           "read_episodes", "check_data", "check_video", "run_folder", "make_writer",
           "Batch", "expectile_loss", "awr_loss", "td_target", "q_loss", "gaussian_log_prob", "cosine_decay", "mlp",
           "TwinQ", "Value", "Actor", "optimizer_step", "update", "Networks", "make_networks", "make_train_step",
-          "cuda_graph", "progress_line", "check_finite", "save_state", "read_state", "restore_state", "StopSignal",
+          "cuda_graph", "progress_line", "check_finite", "save_state", "restore_state", "StopSignal",
           "make_eval_envs"],
     ("iql_continuous", "iql_antmaze"): ["check_args", "sample_batch"],
     ("iql_continuous", "iql_finetune"): ["flat_observations", "flatten_episodes", "trajectory_ends", "reward_scale",
