@@ -175,7 +175,9 @@ def test_resumed_run_ends_bit_identical(maze_root, tmp_path, capsys, script, dat
     capsys.readouterr()
     run_main(script, tmp_path, "--resume", resumed_dir / f"checkpoint_{middle}.pt")
     assert not (tmp_path / "runs").exists()
-    assert f"resuming {run_dir.name} from step {middle}" in capsys.readouterr().out
+    stdout = capsys.readouterr().out
+    assert f"resuming {run_dir.name} from step {middle}" in stdout
+    assert "last evaluation: none yet" not in stdout  # the evaluation saved at the checkpoint's step is shown
     a, b = final_state(run_dir), final_state(resumed_dir)
     assert_same_training_state(a, b)
     assert a["evaluations"] == b["evaluations"]

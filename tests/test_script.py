@@ -106,3 +106,16 @@ def test_track_starts_one_wandb_run_synced_with_tensorboard(minari_root, tmp_pat
     (init,) = calls
     assert init["project"] == "p" and init["sync_tensorboard"] and init["name"] == run_dir.name
     assert init["config"]["env_id"] == "test/hopper/random-v0" and init["config"]["expectile"] == 0.7
+
+
+@pytest.mark.parametrize("script", ["iql_continuous", "iql_antmaze", "iql_finetune"])
+def test_help_says_what_the_script_does(script, capsys):
+    import importlib
+
+    import tyro
+
+    module = importlib.import_module(script)
+    with pytest.raises(SystemExit) as status:
+        tyro.cli(module.Args, args=["--help"])
+    assert status.value.code == 0
+    assert module.Args.__doc__.split("(")[0].strip() in " ".join(capsys.readouterr().out.split())
