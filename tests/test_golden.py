@@ -4,7 +4,8 @@ stored here: the losses logged at the last update and the parameter sums of ever
 They guard refactors: a change that alters what a script computes fails here, even where every other test still
 passes. A deliberate change of the numbers updates GOLDEN in a commit of its own that says why;
 `IQL_PRINT_GOLDEN=1 pytest tests/test_golden.py -s` prints the new values. CPUs round differently (AVX2, AVX-512),
-so values are compared at a relative tolerance of 1e-5, not bit for bit. The runs read only the command line,
+so values are compared at a relative tolerance of 1e-5, not bit for bit (torch's unvectorised kernels,
+ATEN_CPU_CAPABILITY=default, moved them by at most 3.6e-6 here, on the advantage mean). The runs read only the command line,
 the TensorBoard log and the --save-model file, so they hold through any rewrite that keeps the behaviour.
 """
 
@@ -103,7 +104,7 @@ def test_golden_run(maze_root, tmp_path, script):
     for key, value in want.items():
         # A plain sum can cancel to near 0: it is held to the tolerance of its network's sum of |parameters|.
         scale = want[key.replace(".sum", ".abs_sum")] if key.endswith(".sum") else abs(value)
-        if not abs(got[key] - value) <= 1e-5 * scale + (1e-7 if key in METRICS else 0.0):
+        if not abs(got[key] - value) <= 1e-5 * scale + (1e-6 if key in METRICS else 0.0):  # a mean can be near 0
             wrong.append(f"{key}: got {got[key]!r}, golden {value!r}")
     if wrong:
         pytest.fail(f"{script} no longer computes its golden run:\n  " + "\n  ".join(wrong), pytrace=False)
