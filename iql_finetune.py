@@ -705,13 +705,8 @@ def load_data(args: Args):
                                    data["episode_ends"])
             scale = reward_scale(data["rewards"], ends)
         data["rewards"] = data["rewards"] * np.float32(scale)
-    batch = Batch(
-        observations=torch.from_numpy(data["observations"]),
-        actions=torch.from_numpy(data["actions"]),
-        rewards=torch.from_numpy(data["rewards"]),
-        next_observations=torch.from_numpy(data["next_observations"]),
-        masks=torch.from_numpy(1.0 - data["terminals"].astype(np.float32)),
-    )
+    data["masks"] = 1.0 - data["terminals"].astype(np.float32)
+    batch = Batch(*(torch.from_numpy(data[k]) for k in Batch._fields))
     info = {"dataset_ids": dataset_ids, "maze": maze, "domain": domain, "task": task, "reward_scale": scale}
     return batch, first, info
 
@@ -814,11 +809,9 @@ def check_video(envs, seed: int):
 def save_checkpoint(path: str, networks: Networks, args: Args, step: int, phase: str, obs_dim: int, act_dim: int,
                     info: dict):
     """The networks, the optimisers' state and how the data were scaled (not the replay buffer or the env)."""
-    actor, critic, target_critic, value, optimizers, _ = networks
     torch.save({"args": asdict(args), "step": step, "phase": phase, "obs_dim": obs_dim, "act_dim": act_dim,
-                "reward_scale": info["reward_scale"], "actor": actor.state_dict(), "critic": critic.state_dict(),
-                "target_critic": target_critic.state_dict(), "value": value.state_dict(),
-                "optimizers": [opt.state_dict()["state"] for opt in optimizers]}, path)
+                "reward_scale": info["reward_scale"], **{name: getattr(networks, name).state_dict() for name in NETS},
+                "optimizers": [opt.state_dict()["state"] for opt in networks.optimizers]}, path)
     print(f"model saved to {path}")
 
 
@@ -831,10 +824,8 @@ def load_checkpoint(path: str, networks: Networks, args: Args, obs_dim: int, act
         raise UserError(f"{path} is not a --save-model file (a checkpoint_{{step}}.pt training state continues its "
                         "own run with --resume)") from None
     except Exception as e:
-        reason = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}" if str(e) else type(e).__name__
-        raise UserError(f"cannot read checkpoint {path} as a file saved by torch.save ({reason})") from None
-    names = ("actor", "critic", "target_critic", "value")
-    if not isinstance(ckpt, dict) or not {*names, "obs_dim", "act_dim", "args"} <= set(ckpt):
+        raise UserError(f"cannot read checkpoint {path} as a file saved by torch.save ({first_line(e)})") from None
+    if not isinstance(ckpt, dict) or not {*NETS, "obs_dim", "act_dim", "args"} <= set(ckpt):
         raise UserError(f"{path} is not a checkpoint saved with --save-model by these scripts")
     trained = ckpt["args"].get("env_id", "?")
     if (ckpt["obs_dim"], ckpt["act_dim"]) != (obs_dim, act_dim):
@@ -850,7 +841,7 @@ def load_checkpoint(path: str, networks: Networks, args: Args, obs_dim: int, act
                         f"{info['reward_scale']:.6g} (another dataset, or --normalize-reward differs): its Q and V "
                         "would not fit the new targets")
     try:
-        for name in names:
+        for name in NETS:
             getattr(networks, name).load_state_dict(ckpt[name])
     except RuntimeError as e:  # e.g. a dropout layer more or less shifts the layer names
         reason = " ".join(str(e).split())[:200]
