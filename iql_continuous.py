@@ -717,8 +717,9 @@ class StopSignal:
         env = f"MINARI_DATASETS_PATH={shlex.quote(str(Path(data).resolve()))} " if data else ""
         flags = "".join(f" --{f}" for f in ("compile", "cudagraphs") if getattr(args, f))
         flags += "" if args.cuda else " --no-cuda"
-        print(f"{self.name} at step {step:,}: saved {path}; continue with: {env}python {os.path.basename(__file__)} "
-              f"--resume {shlex.quote(path)}{flags}", file=sys.stderr)
+        script = shlex.quote(os.path.relpath(__file__))  # relative to the working directory, as the path is
+        print(f"{self.name} at step {step:,}: saved {path}; continue with: {env}python {script} --resume "
+              f"{shlex.quote(path)}{flags}", file=sys.stderr)
         sys.exit(STOPPED)
 
 

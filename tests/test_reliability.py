@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -202,11 +204,12 @@ def test_sigterm_saves_a_checkpoint_that_finishes_the_run(minari_root, tmp_path,
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == cont.STOPPED
     (message,) = stderr.strip().splitlines()
-    command = f"continue with: MINARI_DATASETS_PATH={minari_root[0].resolve()} python iql_continuous.py --resume "
-    assert message.startswith("SIGTERM at step ") and command in message  # the data folder carried: a fresh shell works
-    words = shlex.split(message.split("continue with: ")[1])
+    assert message.startswith("SIGTERM at step ")
+    words = shlex.split(message.split("continue with: ")[1])  # run in the same folder, in a fresh shell:
+    assert words[:2] == [f"MINARI_DATASETS_PATH={minari_root[0].resolve()}", "python"]  # the data folder carried
+    assert (tmp_path / words[2]).resolve() == ROOT / "iql_continuous.py" and words[3] == "--resume"
     assert words[-1] == "--no-cuda"  # the device flags of the stopped run come with the command
-    path = words[words.index("--resume") + 1]
+    path = words[4]
     stopped_at = torch.load(tmp_path / path, weights_only=False)["step"]
     assert 50 <= stopped_at < 1500
     run_main("iql_continuous", tmp_path, "--resume", path)
@@ -224,9 +227,10 @@ def test_the_resume_command_can_be_pasted_back(monkeypatch, capsys):
     assert exit_status.value.code == cont.STOPPED
     message = capsys.readouterr().err
     assert message.startswith("SIGUSR1 at step 7: saved my runs/r1/checkpoint_7.pt; continue with: ")
-    assert shlex.split(message.split("continue with: ")[1]) == [
-        "MINARI_DATASETS_PATH=/data/my datasets", "python", "iql_continuous.py", "--resume",
-        "my runs/r1/checkpoint_7.pt", "--compile"]
+    words = shlex.split(message.split("continue with: ")[1])
+    assert words[:2] + words[3:] == ["MINARI_DATASETS_PATH=/data/my datasets", "python", "--resume",
+                                     "my runs/r1/checkpoint_7.pt", "--compile"]
+    assert Path(words[2]).resolve() == ROOT / "iql_continuous.py"  # the script, from this working directory
 
 
 def test_resume_refuses_settings_it_does_not_know(continuous_run, tmp_path):
