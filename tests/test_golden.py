@@ -5,8 +5,9 @@ They guard refactors: a change that alters what a script computes fails here, ev
 passes. A deliberate change of the numbers updates GOLDEN in a commit of its own that says why;
 `IQL_PRINT_GOLDEN=1 pytest tests/test_golden.py -s` prints the new values. CPUs round differently (AVX2, AVX-512),
 so values are compared at a relative tolerance of 1e-5, not bit for bit (torch's unvectorised kernels,
-ATEN_CPU_CAPABILITY=default, moved them by at most 3.6e-6 here, on the advantage mean). The runs read only the command line,
-the TensorBoard log and the --save-model file, so they hold through any rewrite that keeps the behaviour.
+ATEN_CPU_CAPABILITY=default, moved them by at most 3.6e-6 here, on the advantage mean). The runs read only the
+command line, the TensorBoard log and the --save-model file, so they hold through any rewrite that keeps the
+behaviour.
 """
 
 import os
