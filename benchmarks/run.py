@@ -70,11 +70,12 @@ class Run(NamedTuple):
 
 
 def local_suite() -> list[Run]:
-    """The team's local datasets (local/*, in MINARI_DATASETS_PATH), on a budget two 1-thread runs at a time finish in about an hour
-    on a 2-core CPU: 15,000 updates each, 18 runs."""
+    """The team's local datasets (local/*, in MINARI_DATASETS_PATH), on a budget that two 1-thread runs at a time
+    finish in about an hour on a 2-core CPU: 15,000 updates each, 18 runs."""
     hopper = ("--total-steps", "15000", "--eval-freq", "3000", "--eval-episodes", "10")
     maze = ("--total-steps", "15000", "--eval-freq", "3000", "--eval-episodes", "20")
-    plan = [("iql_continuous", "local/hopper/medium-replay-v0", hopper), ("iql_continuous", "local/hopper/medium-v0", hopper),
+    plan = [("iql_continuous", "local/hopper/medium-replay-v0", hopper),
+            ("iql_continuous", "local/hopper/medium-v0", hopper),
             ("iql_antmaze", "local/pointmaze/umaze-v0", maze)]
     return [Run(s, e, algo, seed, f, 30) for s, e, f in plan for algo in ("IQL", "BC") for seed in (1, 2, 3)]
 
@@ -261,8 +262,8 @@ def run_suite(runs: list[Run], args: Args, folder: Path) -> dict:
             except Exception as e:  # killed by the time limit, or the worker failed
                 code = f"{type(e).__name__}: {str(e).splitlines()[0][:100]}"
             log = folder / run.name / "log.txt"
-            status[run.name] = ("done" if code == 0 else f"stopped by a signal: run the suite again to resume it ({log})"
-                                if code == STOPPED else f"failed ({code}), see {log}")
+            stopped = f"stopped by a signal: run the suite again to resume it ({log})"
+            status[run.name] = "done" if code == 0 else stopped if code == STOPPED else f"failed ({code}), see {log}"
             count = sum(1 for r in todo if r.name in status)
             print(f"[{count}/{len(todo)}, {len(running)} running, {time.time() - start:.0f}s] {run.name}: "
                   f"{status[run.name]}", flush=True)
@@ -305,7 +306,8 @@ def aggregate(runs: list[Run], folder: Path) -> dict:
 def table(groups: dict) -> str:
     """Markdown: final and best normalised score, mean ± std over seeds, IQL beside BC."""
     fmt = lambda xs: f"{np.mean(xs):.1f} ± {np.std(xs):.1f}"  # noqa: E731
-    lines = ["| dataset | updates | seeds | IQL final | BC final | IQL best | BC best |", "|---|---|---|---|---|---|---|"]
+    lines = ["| dataset | updates | seeds | IQL final | BC final | IQL best | BC best |",
+             "|---|---|---|---|---|---|---|"]
     for env_id in dict.fromkeys(e for e, _ in groups):
         iql, bc = groups.get((env_id, "IQL")), groups.get((env_id, "BC"))
         some = iql or bc

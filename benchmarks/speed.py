@@ -110,7 +110,8 @@ class Baseline:
 
     def __init__(self, data, device):
         self.data, self.device = data, device
-        self.qf, self.vf, self.actor = BaselineTwinQ().to(device), baseline_mlp([OBS, HIDDEN, HIDDEN, 1]).to(device), BaselinePolicy().to(device)
+        self.qf, self.vf = BaselineTwinQ().to(device), baseline_mlp([OBS, HIDDEN, HIDDEN, 1]).to(device)
+        self.actor = BaselinePolicy().to(device)
         self.q_target = copy.deepcopy(self.qf).requires_grad_(False)
         self.q_opt = torch.optim.Adam(self.qf.parameters(), lr=3e-4)
         self.v_opt = torch.optim.Adam(self.vf.parameters(), lr=3e-4)
@@ -414,7 +415,8 @@ def main(args: Args):
     if "maze_vector_envs" in results:
         r = results["maze_vector_envs"]
         print(f"maze vector env, {r['episodes']} PointMaze episodes: " + ", ".join(
-            f"{m} {r[m]['episode_seconds']:.1f} s (+ {r[m]['make_seconds']:.1f} s to build)" for m in ("sync", "async")))
+            f"{m} {r[m]['episode_seconds']:.1f} s (+ {r[m]['make_seconds']:.1f} s to build)"
+            for m in ("sync", "async")))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(f"\nwrote {args.out}")
