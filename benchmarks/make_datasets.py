@@ -319,8 +319,8 @@ def main(args: Args):
         episodes, env, eval_spec = maze_walks(args, 5 if args.quick else args.maze_episodes, 300)
         write(ids["pointmaze/umaze"], episodes, env, eval_spec,
               f"noisy PD controller walking cells, {args.decoy:.0%} of the moves toward the decoy cell {DECOY}",
-              "PointMaze U-maze, 300-step continuing episodes from random cells; sparse reward at the fixed goal (1, 1). "
-              "Evaluation: start (3, 3), the episode ends at the goal.", (0.0, 1.0))
+              "PointMaze U-maze, 300-step continuing episodes from random cells; sparse reward at the fixed goal "
+              "(1, 1). Evaluation: start (3, 3), the episode ends at the goal.", (0.0, 1.0))
         print(f"  maze dataset: {time.time() - t:.0f}s", flush=True)
     print(f"done in {time.time() - start:.0f}s")
 
