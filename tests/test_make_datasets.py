@@ -32,7 +32,8 @@ def test_quick_build_loads_like_a_downloaded_dataset(tmp_path, monkeypatch, caps
     assert eval_env.unwrapped.continuing_task is False and eval_env.spec.kwargs["maze_map"][3][3] == "r"
     # The walk leans to the decoy end of the U: more steps there, in the bottom-left cell, than at the goal (1, 1).
     xy = np.concatenate([e.observations["achieved_goal"] for e in walks.iterate_episodes()])
-    cells = [tuple(walks.recover_environment().unwrapped.maze.cell_xy_to_rowcol(p)) for p in xy]
+    cell_of = walks.recover_environment().unwrapped.maze.cell_xy_to_rowcol
+    cells = [tuple(cell_of(p)) for p in xy]
     assert cells.count((3, 1)) > cells.count((1, 1))
 
     # The scripts read them as they read downloaded data.
