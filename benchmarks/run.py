@@ -1,7 +1,7 @@
 """Run a suite of experiments (IQL and BC = `--temperature 0`, several seeds), then tabulate and plot them.
 
-    MINARI_DATASETS_PATH=$LOCAL_DATASETS python benchmarks/run.py --suite local    # this 2-core CPU, ~1 hour
-    python benchmarks/run.py --suite paper --launcher slurm --max-parallel 32          # D4RL settings, GPU cluster
+    python benchmarks/make_datasets.py && python benchmarks/run.py --suite local  # this 2-core CPU, ~1 hour
+    python benchmarks/run.py --suite paper --launcher slurm --max-parallel 32       # D4RL settings, GPU cluster
 
 Each run is a separate process (`python iql_*.py ...`) started through submitit: `--launcher local` runs at most
 `--max-parallel` of them at once on this machine, `--launcher slurm` submits a job array to SLURM (at most
@@ -70,13 +70,13 @@ class Run(NamedTuple):
 
 
 def local_suite() -> list[Run]:
-    """The team's local datasets (local/*, in MINARI_DATASETS_PATH), on a budget that two 1-thread runs at a time
-    finish in about an hour on a 2-core CPU: 15,000 updates each, 18 runs."""
+    """The datasets that benchmarks/make_datasets.py builds (in MINARI_DATASETS_PATH), on a budget that two 1-thread
+    runs at a time finish in about an hour on a 2-core CPU: 15,000 updates each, 18 runs."""
     hopper = ("--total-steps", "15000", "--eval-freq", "3000", "--eval-episodes", "10")
     maze = ("--total-steps", "15000", "--eval-freq", "3000", "--eval-episodes", "20")
-    plan = [("iql_continuous", "local/hopper/medium-replay-v0", hopper),
-            ("iql_continuous", "local/hopper/medium-v0", hopper),
-            ("iql_antmaze", "local/pointmaze/umaze-v0", maze)]
+    plan = [("iql_continuous", "local/hopper/medium-replay-v1", hopper),
+            ("iql_continuous", "local/hopper/medium-v1", hopper),
+            ("iql_antmaze", "local/pointmaze/umaze-v1", maze)]
     return [Run(s, e, algo, seed, f, 30) for s, e, f in plan for algo in ("IQL", "BC") for seed in (1, 2, 3)]
 
 
