@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import gymnasium as gym
 import numpy as np
@@ -49,6 +49,8 @@ class Args:
     """seed of the SAC run, the rollouts and the maze walks"""
     force: bool = False
     """if toggled, rebuild datasets that already exist"""
+    only: Optional[Literal["hopper", "pointmaze"]] = None
+    """build only the two Hopper datasets (one SAC run, most of the time) or only the maze (seconds)"""
     quick: bool = False
     """if toggled, a smoke build of a few thousand transitions each under quick/* ids, with no return threshold
     (needs --out)"""
@@ -287,6 +289,7 @@ def main(args: Args):
     torch.manual_seed(args.seed)
     ns = "quick" if args.quick else "local"
     ids = {k: f"{ns}/{k}-v1" for k in ("hopper/medium-replay", "hopper/medium", "pointmaze/umaze")}
+    ids = {k: i for k, i in ids.items() if args.only in (None, k.split("/")[0])}
     todo = {k: i for k, i in ids.items() if args.force or not (root / i / "data").is_dir()}
     for k, i in ids.items():
         print(f"{i}: {'building' if k in todo else 'exists, skipped (--force rebuilds it)'} in {root}")

@@ -45,3 +45,8 @@ def test_quick_build_loads_like_a_downloaded_dataset(tmp_path, monkeypatch, caps
     capsys.readouterr()
     make_datasets.main(make_datasets.Args(quick=True, out=str(tmp_path)))  # built already: skipped
     assert capsys.readouterr().out.count("exists, skipped (--force rebuilds it)") == 3
+    stamp = (tmp_path / "quick/hopper/medium-v1/data/main_data.hdf5").stat().st_mtime_ns
+    make_datasets.main(make_datasets.Args(quick=True, out=str(tmp_path), only="pointmaze", force=True))
+    out = capsys.readouterr().out
+    assert "quick/pointmaze/umaze-v1: building" in out and "hopper" not in out.split("done in")[0]
+    assert (tmp_path / "quick/hopper/medium-v1/data/main_data.hdf5").stat().st_mtime_ns == stamp
