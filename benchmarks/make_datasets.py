@@ -9,7 +9,8 @@
 - `local/hopper/medium-v1` (D4RL's medium recipe): rollouts of that final policy with its stochastic actions.
 - `local/pointmaze/umaze-v1`: a noisy PD controller walks PointMaze_UMaze-v3 from cell to cell, most of its moves
   heading for the bottom-left end of the U (a decoy); the sparse reward pays at the fixed goal, the top-left end. The
-  evaluation env starts at the far bottom-right corner and ends an episode at the goal (continuing_task=False).
+  evaluation env starts in the bottom-right corner, 4 cells from the goal along the U, and ends an episode at the
+  goal (continuing_task=False).
 
 Each dataset carries ref_min_score / ref_max_score (D4RL's Hopper constants; 0 / 1 for the maze), loads with
 `minari.load_dataset` and gives its evaluation env with `recover_environment(eval_env=True)`. A dataset that exists is
@@ -52,7 +53,7 @@ class Args:
     only: Optional[Literal["hopper", "pointmaze"]] = None
     """build only the two Hopper datasets (one SAC run, most of the time) or only the maze (seconds)"""
     quick: bool = False
-    """if toggled, a smoke build of a few thousand transitions each under quick/* ids, with no return threshold
+    """if toggled, a smoke build of 1,000 to 2,000 transitions each under quick/* ids, with no return threshold
     (needs --out)"""
     target_return: float = 1200.0
     """medium-replay ends at the first evaluation whose mean return reaches this"""
@@ -63,7 +64,8 @@ class Args:
     maze_episodes: int = 334
     """300-step episodes of the maze dataset"""
     decoy: float = 0.5
-    """share of the maze walk's moves that head for the decoy end (the rest go to a random neighbouring cell)"""
+    """chance that the maze walk's next cell is the one toward the decoy end (else a random neighbour, which may be
+    that one too)"""
     threads: Optional[int] = None
     """torch CPU threads (None: torch's default)"""
 
@@ -181,6 +183,7 @@ def write(dataset_id: str, episodes: Episodes, env, eval_env, algorithm: str, de
     import minari
 
     buffers = episodes.buffers()
+    shutil.rmtree(Path(os.environ["MINARI_DATASETS_PATH"]) / dataset_id, ignore_errors=True)  # --force: only now
     minari.create_dataset_from_buffers(dataset_id, buffers, env=env, eval_env=eval_env, algorithm_name=algorithm,
                                        author="benchmarks/make_datasets.py", author_email="-",
                                        code_permalink="benchmarks/make_datasets.py", description=description,
@@ -217,7 +220,7 @@ def hopper_sac(args: Args, random_steps: int, eval_every: int, max_steps: int, t
         obs = next_obs if reset_obs is None else reset_obs
         if step > random_steps:
             agent.update()
-        if step % eval_every == 0:
+        if step % eval_every == 0 or step == max_steps:  # (evaluation draws nothing from the training generators)
             score = evaluate(agent, seed=args.seed + step)
             print(f"  SAC step {step:,}: evaluation return {score:.1f} ({time.time() - t0:.0f}s)", flush=True)
             if target is not None and score >= target:
@@ -282,6 +285,9 @@ def maze_walks(args: Args, num_episodes: int, horizon: int):
 def main(args: Args):
     if args.quick and args.out is None:
         sys.exit("error: --quick writes only into the folder given with --out")
+    for name in ("max_steps", "medium_steps", "maze_episodes"):
+        if getattr(args, name) <= 0:
+            sys.exit(f"error: --{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     root = Path(args.out or os.environ.get("MINARI_DATASETS_PATH") or Path.home() / ".minari" / "datasets").resolve()
     os.environ["MINARI_DATASETS_PATH"] = str(root)  # where minari writes
     if args.threads:
@@ -294,11 +300,12 @@ def main(args: Args):
     for k, i in ids.items():
         print(f"{i}: {'building' if k in todo else 'exists, skipped (--force rebuilds it)'} in {root}")
     start = time.time()
-    for i in todo.values():
-        shutil.rmtree(root / i, ignore_errors=True)
 
     if "hopper/medium-replay" in todo or "hopper/medium" in todo:
         t = time.time()
+        if "hopper/medium-replay" not in todo:
+            print("  note: the medium dataset needs the SAC run again; its final policy is that of the existing "
+                  "medium-replay dataset only on the machine that built it")
         if args.quick:
             episodes, agent, score, steps, reached = hopper_sac(args, 500, 500, 1000, None)
         else:
@@ -321,7 +328,8 @@ def main(args: Args):
         t = time.time()
         episodes, env, eval_spec = maze_walks(args, 5 if args.quick else args.maze_episodes, 300)
         write(ids["pointmaze/umaze"], episodes, env, eval_spec,
-              f"noisy PD controller walking cells, {args.decoy:.0%} of the moves toward the decoy cell {DECOY}",
+              f"noisy PD controller walking cells, each next one toward the decoy cell {DECOY} with probability "
+              f"{args.decoy:g}",
               "PointMaze U-maze, 300-step continuing episodes from random cells; sparse reward at the fixed goal "
               "(1, 1). Evaluation: start (3, 3), the episode ends at the goal.", (0.0, 1.0))
         print(f"  maze dataset: {time.time() - t:.0f}s", flush=True)

@@ -1,6 +1,6 @@
 """Run a suite of experiments (IQL and BC = `--temperature 0`, several seeds), then tabulate and plot them.
 
-    python benchmarks/make_datasets.py && python benchmarks/run.py --suite local  # this 2-core CPU, ~1 hour
+    python benchmarks/make_datasets.py && python benchmarks/run.py --suite local  # 2-core CPU: 50 min + 1 hour
     python benchmarks/run.py --suite paper --launcher slurm --max-parallel 32       # D4RL settings, GPU cluster
 
 Each run is a separate process (`python iql_*.py ...`) started through submitit: `--launcher local` runs at most
@@ -92,12 +92,15 @@ def paper_suite() -> list[Run]:
 
 
 def skip_reason(run: Run) -> Optional[str]:
-    """Why a run cannot start (its D4RL name has no Minari counterpart), or None."""
+    """Why a run cannot start (its D4RL name has no Minari counterpart, or a local dataset was not built), or None."""
     script = importlib.import_module(run.script)
     try:
         script.resolve_dataset_ids(run.env_id)
     except script.UserError as e:
         return str(e)
+    root = Path(os.environ.get("MINARI_DATASETS_PATH") or Path.home() / ".minari" / "datasets")
+    if run.env_id.startswith("local/") and not (root / run.env_id / "data").is_dir():
+        return f"{run.env_id} is not in {root}: build it with python benchmarks/make_datasets.py"
     return None
 
 

@@ -50,3 +50,12 @@ def test_quick_build_loads_like_a_downloaded_dataset(tmp_path, monkeypatch, caps
     out = capsys.readouterr().out
     assert "quick/pointmaze/umaze-v1: building" in out and "hopper" not in out.split("done in")[0]
     assert (tmp_path / "quick/hopper/medium-v1/data/main_data.hdf5").stat().st_mtime_ns == stamp
+
+
+def test_sac_run_ends_at_the_target_or_at_the_step_limit(capsys):
+    args = make_datasets.Args()
+    _, _, score, steps, reached = make_datasets.hopper_sac(args, 100, 100, 1000, target=-1e9)  # any return reaches it
+    assert (steps, reached) == (100, True) and score > -1e9
+    episodes, _, score, steps, reached = make_datasets.hopper_sac(args, 100, 100, 150, target=1e9)
+    assert (steps, reached) == (150, False) and "SAC step 150: evaluation return" in capsys.readouterr().out
+    assert sum(len(b.rewards) for b in episodes.buffers()) == 150

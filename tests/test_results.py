@@ -52,6 +52,14 @@ def test_datasets_without_minari_counterpart_are_skipped():
     assert len(runs) == 15 * 2 * 5 and {r.seed for r in runs} == set(range(5))
 
 
+def test_local_datasets_not_built_are_skipped_with_the_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
+    (tmp_path / "local/pointmaze/umaze-v1/data").mkdir(parents=True)
+    reasons = {r.env_id: runner.skip_reason(r) for r in runner.local_suite()}
+    assert reasons["local/pointmaze/umaze-v1"] is None
+    assert reasons["local/hopper/medium-v1"].endswith("build it with python benchmarks/make_datasets.py")
+
+
 def test_local_launcher_runs_a_suite_and_skips_what_finished(minari_root, tmp_path, capsys, monkeypatch):
     # A relative MINARI_DATASETS_PATH, as the README's command gives it: each run works in its own folder.
     monkeypatch.setenv("MINARI_DATASETS_PATH", os.path.relpath(minari_root[0]))
