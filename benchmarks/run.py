@@ -1,6 +1,6 @@
 """Run a suite of experiments (IQL and BC = `--temperature 0`, several seeds), then tabulate and plot them.
 
-    python benchmarks/make_datasets.py && python benchmarks/run.py --suite local  # 2-core CPU: 27 min + 50 min
+    python benchmarks/make_datasets.py && python benchmarks/run.py --suite local  # 2-core CPU: 27 min + 45 min
     python benchmarks/run.py --suite paper --launcher slurm --max-parallel 32       # D4RL settings, GPU cluster
 
 Each run is a separate process (`python iql_*.py ...`) started through submitit: `--launcher local` runs at most
@@ -71,7 +71,7 @@ class Run(NamedTuple):
 
 def local_suite() -> list[Run]:
     """The datasets that benchmarks/make_datasets.py builds (in MINARI_DATASETS_PATH), on a budget that two 1-thread
-    runs at a time finish in about an hour on a 2-core CPU: 15,000 updates each, 18 runs."""
+    runs at a time finish in about 45 minutes on a 2-core CPU: 15,000 updates each, 18 runs."""
     hopper = ("--total-steps", "15000", "--eval-freq", "3000", "--eval-episodes", "10")
     maze = ("--total-steps", "15000", "--eval-freq", "3000", "--eval-episodes", "20")
     plan = [("iql_continuous", "local/hopper/medium-replay-v1", hopper),
@@ -358,6 +358,8 @@ def main(args: Args, runs: Optional[list[Run]] = None) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     status = {r.name: "not run (--report-only)" for r in runs} if args.report_only else run_suite(runs, args, folder)
     groups = aggregate(runs, folder)
+    if args.report_only and not groups:  # e.g. a fresh clone: the runs' folders are not in git, the table is
+        sys.exit(f"error: no finished runs in {folder}: {out / f'{args.suite}.md'} was left as it is")
     skipped = sorted({f"- {r.env_id}: {status[r.name][len('skipped: '):]}" for r in runs
                       if status.get(r.name, "").startswith("skipped")})
     report = table(groups) if groups else "(no finished runs)"

@@ -52,6 +52,13 @@ def test_datasets_without_minari_counterpart_are_skipped():
     assert len(runs) == 15 * 2 * 5 and {r.seed for r in runs} == set(range(5))
 
 
+def test_report_only_with_no_runs_leaves_the_table(tmp_path):
+    (tmp_path / "local.md").write_text("the committed table\n")
+    with pytest.raises(SystemExit, match="no finished runs"):
+        runner.main(runner.Args(out=str(tmp_path), report_only=True))
+    assert (tmp_path / "local.md").read_text() == "the committed table\n"
+
+
 def test_local_datasets_not_built_are_skipped_with_the_command(tmp_path, monkeypatch):
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path))
     (tmp_path / "local/pointmaze/umaze-v1/data").mkdir(parents=True)
