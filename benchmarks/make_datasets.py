@@ -16,7 +16,7 @@ Each dataset carries ref_min_score / ref_max_score (D4RL's Hopper constants; 0 /
 `minari.load_dataset` and gives its evaluation env with `recover_environment(eval_env=True)`. A dataset that exists is
 skipped (`--force` rebuilds it). The build is seeded, but identical only on one machine: MuJoCo and torch round
 differently on other CPUs, and a SAC run amplifies that. On the 2-core AMD EPYC VM (2026-12-01) SAC read 1,271.1 at
-step 95,000, the three datasets hold 95,000, 200,000 and 100,200 transitions, and the build took about 27 minutes
+step 95,000, the three datasets hold 95,000, 200,000 and 100,200 transitions, and the build took about 28 minutes
 (benchmarks/RESULTS.md gives the files' checksums).
 """
 

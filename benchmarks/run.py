@@ -1,6 +1,6 @@
 """Run a suite of experiments (IQL and BC = `--temperature 0`, several seeds), then tabulate and plot them.
 
-    python benchmarks/make_datasets.py && python benchmarks/run.py --suite local  # 2-core CPU: 27 min + 45 min
+    python benchmarks/make_datasets.py && python benchmarks/run.py --suite local  # 2-core CPU: 28 min + 45 min
     python benchmarks/run.py --suite paper --launcher slurm --max-parallel 32       # D4RL settings, GPU cluster
 
 Each run is a separate process (`python iql_*.py ...`) started through submitit: `--launcher local` runs at most
