@@ -102,10 +102,12 @@ class Args:
     """discount factor"""
     tau: float = 0.005
     """Polyak rate of the target critics (IK's name; the paper's tau is the expectile)"""
-    expectile: Optional[float] = None
-    """expectile of the value regression (0.5 = mean, towards 1 = max over dataset actions); None: domain default"""
-    temperature: Optional[float] = None
-    """inverse temperature beta of the advantage weights (0 is behaviour cloning); None: domain default"""
+    expectile: Optional[list[float]] = None
+    """expectile of the value regression (0.5 = mean, towards 1 = max over dataset actions); one value here (sweeps:
+    the offline scripts); None: domain default"""
+    temperature: Optional[list[float]] = None
+    """inverse temperature beta of the advantage weights (0 is behaviour cloning); one value here; None: domain
+    default"""
     max_weight: float = 100.0
     """upper clip of the advantage weights exp(beta * A)"""
     dropout: Optional[float] = None
@@ -139,17 +141,17 @@ class Batch(NamedTuple):
     masks: torch.Tensor  # 1 - terminal: 0 stops bootstrapping; truncations keep 1
 
 
-def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
+def expectile_loss(diff: torch.Tensor, expectile) -> torch.Tensor:
     """Asymmetric L2 of paper eq. 5: weight `expectile` where diff = q - v > 0, `1 - expectile` elsewhere."""
     weight = torch.where(diff > 0, expectile, 1 - expectile)
-    return (weight * diff.square()).mean()
+    return (weight * diff.square()).mean(-1)
 
 
-def awr_loss(log_prob, advantage, temperature: float, max_weight: float):
+def awr_loss(log_prob, advantage, temperature, max_weight: float):
     """Advantage-weighted regression (paper eq. 7): -mean(min(exp(beta * A), max_weight) * log pi(a|s)).
     The weights carry no gradient. Returns (loss, weights)."""
     weights = torch.exp(temperature * advantage.detach()).clamp(max=max_weight)
-    return -(weights * log_prob).mean(), weights
+    return -(weights * log_prob).mean(-1), weights
 
 
 def td_target(rewards, masks, next_v, gamma: float) -> torch.Tensor:
@@ -158,8 +160,8 @@ def td_target(rewards, masks, next_v, gamma: float) -> torch.Tensor:
 
 
 def q_loss(q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Paper eq. 6: the sum over the twin critics (leading axis) of their mean squared TD errors, as IK sums them."""
-    return (q - target).square().mean(dim=-1).sum()
+    """Paper eq. 6: the sum over the twin critics (q's axis -2) of their mean squared TD errors, as IK sums them."""
+    return (q - target.unsqueeze(-2)).square().mean(-1).sum(-1)
 
 
 def gaussian_log_prob(actions, mean, log_std) -> torch.Tensor:
@@ -174,11 +176,23 @@ def cosine_decay(step: int, total_steps: int) -> float:
 
 
 # ---- Networks: 2x256 ReLU MLPs, orthogonal init with gain sqrt(2) and zero bias everywhere (IK `common.py`) ----------
+# The member axis: a population of M runs trains as one set of networks, each parameter stacked on a leading axis of
+# M (`stack_members`). Batches are (M, batch, ...), V is (M, batch), the twin critics' Q (M, 2, batch), every loss
+# (M,). A network saved alone (--save-model, `member_state`) has no member axis.
+class Linear(nn.Linear):
+    """nn.Linear whose weight (M, out, in) and bias (M, out) may be stacked over members: x (M, batch, in)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight.dim() == 2:
+            return super().forward(x)
+        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.mT)
+
+
 def mlp(in_dim: int, out_dim: int, hidden_dim: int, dropout: Optional[float] = None) -> nn.Sequential:
     layers = []
     for d_in in (in_dim, hidden_dim):
-        layers += [nn.Linear(d_in, hidden_dim), nn.ReLU()] + ([nn.Dropout(dropout)] if dropout else [])
-    layers.append(nn.Linear(hidden_dim, out_dim))
+        layers += [Linear(d_in, hidden_dim), nn.ReLU()] + ([nn.Dropout(dropout)] if dropout else [])
+    layers.append(Linear(hidden_dim, out_dim))
     for layer in layers:
         if isinstance(layer, nn.Linear):
             nn.init.orthogonal_(layer.weight, gain=math.sqrt(2))
@@ -187,8 +201,8 @@ def mlp(in_dim: int, out_dim: int, hidden_dim: int, dropout: Optional[float] = N
 
 
 class TwinQ(nn.Module):
-    """Q1 and Q2 in one module: each layer's weights are stacked on a leading axis of 2, so both critics
-    run as one batched matmul per layer. Returns q of shape (2, batch)."""
+    """Q1 and Q2 in one module: each layer's weights are stacked on an axis of 2 (after the member axis), so all
+    critics run as one batched matmul per layer. Returns q of shape (2, batch), or (M, 2, batch)."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, num_q: int = 2):
         super().__init__()
@@ -201,11 +215,13 @@ class TwinQ(nn.Module):
             self.biases.append(nn.Parameter(torch.zeros(num_q, 1, d_out)))
 
     def forward(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([obs, actions], -1).expand(len(self.weights[0]), -1, -1)
+        critics = self.weights[0].shape[:-2]  # (2,), or (M, 2)
+        x = torch.cat([obs, actions], -1).unsqueeze(-3)
+        x = x.expand(*critics, *x.shape[-2:]).flatten(0, -3)  # each critic's copy of its member's input
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            x = torch.baddbmm(b, x, w)
+            x = torch.baddbmm(b.flatten(0, -3), x, w.flatten(0, -3))
             x = torch.relu(x) if i < len(self.weights) - 1 else x
-        return x.squeeze(-1)
+        return x.view(*critics, -1)
 
 
 class Value(nn.Module):
@@ -231,12 +247,25 @@ class Actor(nn.Module):
 
     def log_prob(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         mean, log_std = self(obs)
-        return gaussian_log_prob(actions, mean, log_std)
+        return gaussian_log_prob(actions, mean, log_std.unsqueeze(-2))  # log_std (M, act): one per member
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor) -> torch.Tensor:
         """Deterministic evaluation action: the mean, clipped to [-1, 1]. Call `.eval()` first if there is dropout."""
         return self(obs)[0].clamp(-1.0, 1.0)
+
+
+def stack_members(nets: list) -> nn.Module:
+    """The members' networks as one network: each parameter stacked on a new leading member axis."""
+    stacked = copy.deepcopy(nets[0])
+    for name, p in stacked.named_parameters():
+        p.data = torch.stack([net.get_parameter(name).detach() for net in nets])
+    return stacked
+
+
+def member_state(net: nn.Module, i: int) -> dict:
+    """Member i's parameters, without the member axis: the state_dict of one network."""
+    return {k: v[i].clone() for k, v in net.state_dict().items()}
 
 
 # ---- One IQL update (paper Algorithm 1; IK `learner.py`: value, then actor and critic with the new V, then target) ---
@@ -247,36 +276,45 @@ def optimizer_step(optimizer, loss):
     optimizer.step()
 
 
-def update(batch: Batch, actor, critic, target_critic, value, actor_opt, critic_opt, value_opt, args: Args):
+def update(batch: Batch, nets: "Networks", args: Args):
+    """Every member's update at once: each loss is the sum of the members' mean losses, so no gradients mix."""
     obs, actions, rewards, next_obs, masks = batch
+    actor_opt, critic_opt, value_opt = nets.optimizers
     with torch.no_grad():
-        target_q = target_critic(obs, actions).min(0).values  # reused by the value and the actor step
+        target_q = nets.target_critic(obs, actions).min(-2).values  # reused by the value and the actor step
 
     # 1. Value: expectile regression on the target critics' minimum.
-    value_loss = expectile_loss(target_q - value(obs), args.expectile)
-    optimizer_step(value_opt, value_loss)
+    value_loss = expectile_loss(target_q - nets.value(obs), nets.expectile)
+    optimizer_step(value_opt, value_loss.sum())
 
     # V_new(s) and V_new(s') in one forward. IK uses the updated V for both the advantage and the TD target;
     # CORL and IQL-PyTorch use the V from before its step.
     with torch.no_grad():
-        v, next_v = value(torch.cat([obs, next_obs])).chunk(2)
+        v, next_v = nets.value(torch.cat([obs, next_obs], -2)).chunk(2, -1)
     advantage = target_q - v
 
     # 2. Actor: advantage-weighted regression on the dataset actions.
-    actor_loss, weights = awr_loss(actor.log_prob(obs, actions), advantage, args.temperature, args.max_weight)
-    optimizer_step(actor_opt, actor_loss)
+    actor_loss, weights = awr_loss(nets.actor.log_prob(obs, actions), advantage, nets.temperature, args.max_weight)
+    optimizer_step(actor_opt, actor_loss.sum())
 
     # 3. Critics: regression on r + gamma * mask * V_new(s').
-    critic_loss = q_loss(critic(obs, actions), td_target(rewards, masks, next_v, args.gamma))
-    optimizer_step(critic_opt, critic_loss)
+    critic_loss = q_loss(nets.critic(obs, actions), td_target(rewards, masks, next_v, args.gamma))
+    optimizer_step(critic_opt, critic_loss.sum())
 
     # 4. Polyak averaging of the target critics, one foreach kernel over all parameters.
     with torch.no_grad():
-        torch._foreach_lerp_(list(target_critic.parameters()), list(critic.parameters()), args.tau)
+        torch._foreach_lerp_(list(nets.target_critic.parameters()), list(nets.critic.parameters()), args.tau)
 
     return {"losses/value_loss": value_loss.detach(), "losses/actor_loss": actor_loss.detach(),
-            "losses/q_loss": critic_loss.detach(), "charts/advantage_mean": advantage.mean(),
-            "charts/weight_mean": weights.mean()}
+            "losses/q_loss": critic_loss.detach(), "charts/advantage_mean": advantage.mean(-1),
+            "charts/weight_mean": weights.mean(-1)}
+
+
+class Member(NamedTuple):
+    name: str  # its TensorBoard run under the population's run folder: the seed and any swept values
+    seed: int
+    expectile: float
+    temperature: float
 
 
 class Networks(NamedTuple):
@@ -286,39 +324,46 @@ class Networks(NamedTuple):
     value: nn.Module
     optimizers: tuple  # Adam for the actor, the critics and the value, in that order
     actor_schedule: torch.optim.lr_scheduler.LRScheduler
+    expectile: torch.Tensor  # (M, 1): each member's own
+    temperature: torch.Tensor  # (M, 1)
 
 
-def make_networks(obs_dim: int, act_dim: int, args: Args, device, lr_decay_steps: Optional[int]) -> Networks:
-    """The networks, their Adam optimisers (torch defaults: IK has no weight decay or clipping) and the actor's
-    schedule: a cosine from the learning rate to 0 over `lr_decay_steps` updates, or constant where that is None."""
+def make_networks(obs_dim: int, act_dim: int, args: Args, device, lr_decay_steps: Optional[int],
+                  members: list[Member]) -> Networks:
+    """The members' networks, stacked, their Adam optimisers (torch defaults: IK has no weight decay or clipping) and
+    the actor's schedule: a cosine from the learning rate to 0 over `lr_decay_steps` updates, or constant where that
+    is None. Each member's initial weights come from its own seed."""
     device = torch.device(device)
-    actor = Actor(obs_dim, act_dim, args.hidden_dim, args.dropout).to(device)
-    critic = TwinQ(obs_dim, act_dim, args.hidden_dim).to(device)
+    nets = []
+    for member in reversed(members):  # member 0 last: the random stream goes on from its seed, as in a single run
+        torch.manual_seed(member.seed)
+        nets.append((Actor(obs_dim, act_dim, args.hidden_dim, args.dropout), TwinQ(obs_dim, act_dim, args.hidden_dim),
+                     Value(obs_dim, args.hidden_dim)))
+    actor, critic, value = (stack_members(list(reversed(m))).to(device) for m in zip(*nets))
     target_critic = copy.deepcopy(critic).requires_grad_(False)
-    value = Value(obs_dim, args.hidden_dim).to(device)
     # Fused kernels; each learning rate is a tensor that the schedule fills in place, so a CUDA graph sees it change.
     optimizers = tuple(torch.optim.Adam(m.parameters(), lr=torch.tensor(args.learning_rate, device=device), fused=True,
                                         capturable=device.type == "cuda") for m in (actor, critic, value))
     decay = (lambda t: cosine_decay(t, lr_decay_steps)) if lr_decay_steps else (lambda t: 1.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizers[0], decay)
-    return Networks(actor, critic, target_critic, value, optimizers, schedule)
+    hyper = [torch.tensor([[getattr(m, name)] for m in members], device=device) for name in ("expectile", "temperature")]
+    return Networks(actor, critic, target_critic, value, optimizers, schedule, *hyper)
 
 
 def make_train_step(sample: Callable[[], Batch], networks: Networks, args: Args, mode: Optional[str] = None):
     """step() draws a batch with sample(), runs one update, advances the actor's schedule and returns the metrics
     (tensors on the device). mode None runs eagerly, "compile" through torch.compile, "cudagraphs" replays a
     captured CUDA graph, "compile+cudagraphs" captures the compiled losses in the graph."""
-    actor, critic, target_critic, value, optimizers, actor_schedule = networks
 
     def sample_and_update():
-        return update(sample(), actor, critic, target_critic, value, *optimizers, args)
+        return update(sample(), networks, args)
 
     fn = torch.compile(sample_and_update) if mode in ("compile", "compile+cudagraphs") else sample_and_update
     fn = cuda_graph(fn) if mode in ("cudagraphs", "compile+cudagraphs") else fn
 
     def step():
         metrics = fn()
-        actor_schedule.step()
+        networks.actor_schedule.step()
         return metrics
 
     return step
@@ -401,7 +446,7 @@ class ReplayBuffer:
 
     def sample(self, batch_size: int) -> Batch:
         # randint over [0, 2^62) modulo the size: uniform up to a bias of size / 2^62
-        idx = torch.randint(2**62, (batch_size,), device=self.size.device) % self.size
+        idx = torch.randint(2**62, (1, batch_size), device=self.size.device) % self.size  # one member
         return Batch(*(x[idx] for x in self.data))
 
 
@@ -416,7 +461,7 @@ def online_step(env, obs, actor: Actor, buffer: ReplayBuffer, observe: Callable,
     """One environment step with a sample of the policy, stored in the buffer; returns what env.step returns."""
     x = observe(obs)
     actor.eval()  # dropout off while acting, as IK samples actions
-    action = explore(actor, torch.as_tensor(x, device=device)).cpu().numpy()
+    action = explore(actor, torch.as_tensor(x, device=device).view(1, 1, -1)).view(-1).cpu().numpy()  # member 0
     actor.train()
     next_obs, reward, terminated, truncated, env_info = env.step(action)
     buffer.add(*online_transition(x, action, reward, observe(next_obs), terminated, info))
@@ -446,6 +491,7 @@ DOMAIN_DEFAULTS = {
     "adroit": {"expectile": 0.7, "temperature": 0.5, "dropout": 0.1},
     "kitchen": {"expectile": 0.7, "temperature": 0.5, "dropout": 0.1},
 }
+SWEEPABLE = ("expectile", "temperature")  # these take several values: a population sweeps them
 
 
 class UserError(Exception):
@@ -454,21 +500,22 @@ class UserError(Exception):
 
 def check_args(args: Args):
     """Refuse values the algorithm cannot use, before any heavy work."""
-    rules = [(args.expectile is None or 0 < args.expectile < 1, f"--expectile must be in (0, 1), got {args.expectile}"),
-             (args.temperature is None or args.temperature >= 0,
-              f"--temperature must be >= 0 (0 is behaviour cloning), got {args.temperature}"),
-             (args.dropout is None or 0 <= args.dropout < 1, f"--dropout must be in [0, 1), got {args.dropout}"),
-             (0 <= args.gamma <= 1, f"--gamma must be in [0, 1], got {args.gamma}"),
-             (0 < args.tau <= 1, f"--tau must be in (0, 1], got {args.tau}"),
-             (args.offline_steps >= 0, f"--offline-steps must be >= 0, got {args.offline_steps}"),
-             (args.online_steps >= 0, f"--online-steps must be >= 0, got {args.online_steps}"),
-             (args.offline_steps + args.online_steps > 0 or args.checkpoint is not None, "--offline-steps and "
-              "--online-steps are both 0: nothing to train (with --checkpoint, this evaluates the loaded model)"),
-             (args.checkpoint_freq >= 0, f"--checkpoint-freq must be >= 0, got {args.checkpoint_freq}"),
-             (not args.cudagraphs or (args.cuda and torch.cuda.is_available()), "--cudagraphs needs a CUDA device"),
-             (args.checkpoint is None or Path(args.checkpoint).is_file(), f"--checkpoint {args.checkpoint}: no such "
-                                                                            "file"),
-             (args.resume is None or Path(args.resume).is_file(), f"--resume {args.resume}: no such file")]
+    rules = [(0 < e < 1, f"--expectile must be in (0, 1), got {e}") for e in args.expectile or []]
+    rules += [(t >= 0, f"--temperature must be >= 0 (0 is behaviour cloning), got {t}") for t in args.temperature or []]
+    rules += [(len(getattr(args, n) or []) <= 1, f"--{n} takes one value here: iql_finetune.py trains one run "
+               "(sweeps and --num-seeds: iql_continuous.py, iql_antmaze.py)") for n in SWEEPABLE]
+    rules += [(args.dropout is None or 0 <= args.dropout < 1, f"--dropout must be in [0, 1), got {args.dropout}"),
+              (0 <= args.gamma <= 1, f"--gamma must be in [0, 1], got {args.gamma}"),
+              (0 < args.tau <= 1, f"--tau must be in (0, 1], got {args.tau}"),
+              (args.offline_steps >= 0, f"--offline-steps must be >= 0, got {args.offline_steps}"),
+              (args.online_steps >= 0, f"--online-steps must be >= 0, got {args.online_steps}"),
+              (args.offline_steps + args.online_steps > 0 or args.checkpoint is not None, "--offline-steps and "
+               "--online-steps are both 0: nothing to train (with --checkpoint, this evaluates the loaded model)"),
+              (args.checkpoint_freq >= 0, f"--checkpoint-freq must be >= 0, got {args.checkpoint_freq}"),
+              (not args.cudagraphs or (args.cuda and torch.cuda.is_available()), "--cudagraphs needs a CUDA device"),
+              (args.checkpoint is None or Path(args.checkpoint).is_file(), f"--checkpoint {args.checkpoint}: no such "
+                                                                             "file"),
+              (args.resume is None or Path(args.resume).is_file(), f"--resume {args.resume}: no such file")]
     rules += [(getattr(args, n) > 0, f"--{n.replace('_', '-')} must be positive, got {getattr(args, n)}") for n in (
         "learning_rate", "max_weight", "buffer_size", "batch_size", "eval_freq", "eval_episodes", "log_freq",
         "hidden_dim")]
@@ -505,9 +552,10 @@ def with_domain_defaults(args: Args, domain: str):
     values, lines = {}, []
     for name, default in DOMAIN_DEFAULTS[domain].items():
         given = getattr(args, name)
-        values[name] = default if given is None else given
+        values[name] = ([default] if name in SWEEPABLE else default) if given is None else given
+        shown = " ".join(map(str, values[name])) if name in SWEEPABLE else str(values[name])
         source = f"{domain} default" if given is None else f"flag (the {domain} default is {default})"
-        lines.append(f"  {name:<12} {values[name]!s:<6} {source}")
+        lines.append(f"  {name:<12} {shown:<6} {source}")
     return replace(args, **values), lines
 
 
@@ -746,18 +794,20 @@ def evaluate(actor: Actor, envs: gym.vector.SyncVectorEnv, seeds: list[int], dev
     observe(obs) turns the vector env's observations into the network input.
 
     Gymnasium's vector envs autoreset on the step after an episode ends, so each env's first episode
-    is counted through a done mask and later steps are ignored. With `frames` (a list), the first env's
-    episode is rendered into it.
+    is counted through a done mask and later steps are ignored. A population's actor acts in its members' envs,
+    the same number each, member 0's first. With `frames` (a list), the first env's episode is rendered into it.
     """
     actor.eval()  # dropout off
     obs, _ = envs.reset(seed=seeds)
     returns = np.zeros(envs.num_envs)
     reached = np.zeros(envs.num_envs, dtype=bool)
     done = np.zeros(envs.num_envs, dtype=bool)
+    members = actor.log_std.shape[:-1]  # (M,) for a population, () for one actor
     while not done.all():
         if frames is not None and not done[0]:
             frames.append(envs.envs[0].render())
-        action = actor.act(torch.as_tensor(observe(obs), device=device)).cpu().numpy()
+        x = torch.as_tensor(observe(obs), device=device)
+        action = actor.act(x.view(*members, -1, x.shape[-1])).view(envs.num_envs, -1).cpu().numpy()
         obs, reward, terminated, truncated, info = envs.step(action)
         returns += np.where(done, 0.0, reward)
         reached = record_success(reached, done, info)
@@ -810,8 +860,9 @@ def save_checkpoint(path: str, networks: Networks, args: Args, step: int, phase:
                     info: dict):
     """The networks, the optimisers' state and how the data were scaled (not the replay buffer or the env)."""
     torch.save({"args": asdict(args), "step": step, "phase": phase, "obs_dim": obs_dim, "act_dim": act_dim,
-                "reward_scale": info["reward_scale"], **{name: getattr(networks, name).state_dict() for name in NETS},
-                "optimizers": [opt.state_dict()["state"] for opt in networks.optimizers]}, path)
+                "reward_scale": info["reward_scale"], **{name: member_state(getattr(networks, name), 0) for name in NETS},
+                "optimizers": [{i: {k: v if k == "step" else v[0] for k, v in s.items()}  # without the member axis
+                                for i, s in opt.state_dict()["state"].items()} for opt in networks.optimizers]}, path)
     print(f"model saved to {path}")
 
 
@@ -842,12 +893,13 @@ def load_checkpoint(path: str, networks: Networks, args: Args, obs_dim: int, act
                         "would not fit the new targets")
     try:
         for name in NETS:
-            getattr(networks, name).load_state_dict(ckpt[name])
+            getattr(networks, name).load_state_dict({k: v[None] for k, v in ckpt[name].items()})  # as member 0
     except RuntimeError as e:  # e.g. a dropout layer more or less shifts the layer names
         reason = " ".join(str(e).split())[:200]
         raise UserError(f"checkpoint {path} does not fit these networks ({reason})") from None
     if "optimizers" in ckpt:  # the Adam moments; the learning rates and options stay this run's
         for opt, state in zip(networks.optimizers, ckpt["optimizers"]):
+            state = {i: {k: v if k == "step" else v[None] for k, v in s.items()} for i, s in state.items()}
             opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
     else:
         print(f"note: {path} holds no optimiser state (an offline script saved it): Adam starts afresh")
@@ -864,13 +916,13 @@ STOPPED = 75  # exit status of a run stopped by a signal after saving a checkpoi
 NETS = ("actor", "critic", "target_critic", "value")
 
 
-def save_state(path: str, step: int, networks: Networks, args: Args, eval_rng, evaluations: list,
+def save_state(path: str, step: int, networks: Networks, args: Args, eval_rngs: list, evaluations: list,
                extra: Optional[dict] = None) -> str:
     """All that a resumed run needs to continue exactly (with what the script adds in `extra`), written under a
     temporary name and then renamed, so that an interrupted write never leaves a broken checkpoint."""
     rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-           "eval": eval_rng.bit_generator.state}
+           "eval": [rng.bit_generator.state for rng in eval_rngs]}
     torch.save({"script": os.path.basename(__file__), "step": step, "args": asdict(args), "evaluations": evaluations,
                 **(extra or {}), **{name: getattr(networks, name).state_dict() for name in NETS},
                 "optimizers": [opt.state_dict() for opt in networks.optimizers],
@@ -879,7 +931,7 @@ def save_state(path: str, step: int, networks: Networks, args: Args, eval_rng, e
     return path
 
 
-def restore_state(state: dict, networks: Networks, eval_rng) -> tuple[int, list]:
+def restore_state(state: dict, networks: Networks, eval_rngs: list) -> tuple[int, list]:
     """Load a checkpoint (read by run_folder) into the networks, optimisers, schedule and random generators; returns
     (step, evaluations so far)."""
     try:
@@ -899,7 +951,8 @@ def restore_state(state: dict, networks: Networks, eval_rng) -> tuple[int, list]
         torch.cuda.set_rng_state_all(rng["cuda"])
     np.random.set_state(rng["numpy"])
     random.setstate(rng["python"])
-    eval_rng.bit_generator.state = rng["eval"]
+    for eval_rng, saved in zip(eval_rngs, rng["eval"]):
+        eval_rng.bit_generator.state = saved
     return state["step"], state["evaluations"]
 
 
@@ -958,23 +1011,26 @@ class StopSignal:
         sys.exit(STOPPED)
 
 
-def progress_line(step: int, total: int, rate: float, last_eval: str) -> str:
+def progress_line(step: int, total: int, rate: float, last_eval: str, members: int = 1) -> str:
     """The line every script prints at each log step."""
     eta = int((total - step) / max(rate, 1e-9))
-    return (f"step {step:,}/{total:,}  {rate:.0f} updates/s  ETA {eta // 3600}h{eta % 3600 // 60:02d}m{eta % 60:02d}s  "
-            f"last evaluation: {last_eval}")
+    return (f"step {step:,}/{total:,}  {rate:.0f} updates/s" + (f" ({rate * members:.0f} member-updates/s)" if members
+            > 1 else "") + f"  ETA {eta // 3600}h{eta % 3600 // 60:02d}m{eta % 60:02d}s  last evaluation: {last_eval}")
 
 
-def check_finite(losses: dict, step: int):
-    """Stop a run whose losses became NaN or infinite (checked at log steps only: no extra host sync)."""
-    bad = [f"{tag} = {v}" for tag, v in losses.items() if not math.isfinite(v)]
+def check_finite(losses: dict, step: int, members: list):
+    """Stop a run whose losses (one value per member) became NaN or infinite, naming the member in a population
+    (checked at log steps only: no extra host sync). The whole population stops."""
+    bad = [f"{tag} = {v}" + (f" (member {m.name})" if len(members) > 1 else "") for tag, values in losses.items()
+           for m, v in zip(members, values) if not math.isfinite(v)]
     if bad:
         raise UserError(f"step {step:,}: {', '.join(bad)}; the run diverged (try a lower --learning-rate, "
                         "or check the data for extreme values)")
 
 
-def make_writer(args: Args, run_dir: Path, start: int, device, texts: dict):
-    """TensorBoard (and W&B with --track), continuing without repeated steps after a resume."""
+def make_writers(args: Args, run_dir: Path, start: int, device, texts: dict, members: list) -> list:
+    """One TensorBoard run per member (the run folder itself for a single run, else `{run_dir}/{member}`), and one
+    W&B run with --track; a resumed run continues without repeated steps."""
     if args.track:
         import wandb
 
@@ -982,13 +1038,19 @@ def make_writer(args: Args, run_dir: Path, start: int, device, texts: dict):
                    config=vars(args), name=run_dir.name, save_code=True)
     from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(str(run_dir), purge_step=start + 1 if start else None)
-    table = {**vars(args), "device used": device}
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in table.items()))
-    for tag, text in texts.items():
-        writer.add_text(tag, text)
-    print(f"run folder: {run_dir}")
-    return writer
+    writers = []
+    for m in members:
+        writers.append(SummaryWriter(str(run_dir if len(members) == 1 else run_dir / m.name),
+                                     purge_step=start + 1 if start else None))
+        table = {**vars(args), "seed": m.seed, "expectile": m.expectile, "temperature": m.temperature,
+                 "device used": device}
+        writers[-1].add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in
+                                                                                        table.items()))
+        for tag, text in texts.items():
+            writers[-1].add_text(tag, text)
+    print(f"run folder: {run_dir}" + (f" ({len(members)} members: {', '.join(m.name for m in members)})"
+                                      if len(members) > 1 else ""))
+    return writers
 
 
 def main(args: Args):
@@ -1031,9 +1093,10 @@ def main(args: Args):
     if args.capture_video:
         check_video(envs, args.seed)
     eval_rng = np.random.default_rng(args.seed)  # fresh, reproducible episode seeds for every evaluation
+    members = [Member("", args.seed, args.expectile[0], args.temperature[0])]  # one run (populations: offline only)
     observe = partial(network_input, goal_input=args.goal_input)
 
-    networks = make_networks(obs_dim, act_dim, args, device, lr_decay_steps=None)  # constant rates (IK fine-tune)
+    networks = make_networks(obs_dim, act_dim, args, device, None, members)  # constant rates (IK fine-tune)
     actor = networks.actor
     mode = "+".join(m for m in ("compile", "cudagraphs") if getattr(args, m)) or None
     train_step = make_train_step(lambda: buffer.sample(args.batch_size), networks, args, mode)
@@ -1041,7 +1104,7 @@ def main(args: Args):
     # Updates are counted over both phases: 1..offline_end on the dataset, then online_steps more online.
     start, evaluations, episodes = 0, [], 0  # evaluations: (step, return, normalised score, success, summary)
     if state is not None:
-        start, evaluations = restore_state(state, networks, eval_rng)
+        start, evaluations = restore_state(state, networks, [eval_rng])
         buffer.load_state_dict(state["buffer"])
         offline_end, episodes = state["offline_end"], state["online_episodes"]
     else:
@@ -1051,10 +1114,11 @@ def main(args: Args):
         offline_end = start if args.checkpoint else args.offline_steps
     end = offline_end + args.online_steps
 
-    writer = make_writer(args, run_dir, start, device, {
+    (writer,) = make_writers(args, run_dir, start, device, {
         "domain defaults": "\n".join(table),
         "dataset": f"{args.env_id} -> {', '.join(info['dataset_ids'])}; {n} transitions; reward scale "
-                   f"{info['reward_scale']}; scores from {ref_source}; online phase from update {offline_end}"})
+                   f"{info['reward_scale']}; scores from {ref_source}; online phase from update {offline_end}"},
+        members)
 
     def evaluate_and_log(step: int):
         frames = [] if args.capture_video else None
@@ -1116,8 +1180,8 @@ def main(args: Args):
 
         if step % args.log_freq == 0:
             losses = dict(zip(metrics, torch.stack(list(metrics.values())).tolist()))  # the one host sync
-            check_finite(losses, step)
-            for tag, v in losses.items():
+            check_finite(losses, step, members)
+            for tag, (v,) in losses.items():
                 writer.add_scalar(tag, v, step)
             writer.add_scalar("charts/actor_lr", args.learning_rate, step)
             writer.add_scalar("charts/buffer_size", buffer.count, step)
@@ -1134,7 +1198,7 @@ def main(args: Args):
         stopping = stop.name is not None and step < end
         if stopping or (args.checkpoint_freq and (step % args.checkpoint_freq == 0 or step in (offline_end, end))):
             extra = {"offline_end": offline_end, "online_episodes": episodes, "buffer": buffer.state_dict()}
-            path = save_state(str(run_dir / f"checkpoint_{step}.pt"), step, networks, given_args, eval_rng,
+            path = save_state(str(run_dir / f"checkpoint_{step}.pt"), step, networks, given_args, [eval_rng],
                               evaluations, extra)
             if stopping:
                 writer.close()

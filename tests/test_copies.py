@@ -9,18 +9,18 @@ import pytest
 ALL = ("iql_continuous", "iql_antmaze", "iql_finetune")
 COPIES = {  # the scripts that hold a copy: the names they hold
     ALL: ["UserError", "check_track", "env_domain", "with_domain_defaults", "first_line", "load_minari_dataset",
-          "read_episodes", "check_data", "check_video", "run_folder", "make_writer",
+          "read_episodes", "check_data", "check_video", "run_folder", "make_writers",
           "Batch", "expectile_loss", "awr_loss", "td_target", "q_loss", "gaussian_log_prob", "cosine_decay", "mlp",
           "TwinQ", "Value", "Actor", "optimizer_step", "update", "Networks", "make_networks", "make_train_step",
           "cuda_graph", "progress_line", "check_finite", "save_state", "restore_state", "StopSignal",
-          "make_eval_envs"],
-    ("iql_continuous", "iql_antmaze"): ["check_args", "sample_batch"],
+          "make_eval_envs", "Linear", "stack_members", "member_state", "Member"],
+    ("iql_continuous", "iql_antmaze"): ["check_args", "sample_batch", "population"],
     ("iql_continuous", "iql_finetune"): ["flat_observations", "flatten_episodes", "trajectory_ends", "reward_scale",
                                          "reference_scores"],
     ("iql_antmaze", "iql_finetune"): ["maze_observations", "maze_rewards_and_terminals", "flatten_maze_episodes",
                                       "record_success", "evaluate"],
 }
-TABLES = {ALL: ["DOMAIN_DEFAULTS", "MINARI_ID", "STOPPED", "NETS"],
+TABLES = {ALL: ["DOMAIN_DEFAULTS", "SWEEPABLE", "MINARI_ID", "STOPPED", "NETS"],
           ("iql_continuous", "iql_finetune"): ["D4RL_REF_SCORES", "ENV_TO_TASK"]}
 
 
