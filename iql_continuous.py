@@ -231,8 +231,11 @@ class Actor(nn.Module):
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor) -> torch.Tensor:
-        """Deterministic evaluation action: the mean, clipped to [-1, 1]. Call `.eval()` first if there is dropout."""
-        return self(obs)[0].clamp(-1.0, 1.0)
+        """Deterministic evaluation action: the mean, clipped to [-1, 1]. Call `.eval()` first if there is dropout.
+        A population's actor takes and returns flat rows, the members' in turn (as many each, member 0's first)."""
+        members = self.log_std.shape[:-1]
+        mean = self(obs.view(*members, -1, obs.shape[-1]) if members else obs)[0]
+        return mean.reshape(*obs.shape[:-1], -1).clamp(-1.0, 1.0)
 
 
 def stack_members(nets: list) -> nn.Module:
@@ -644,17 +647,14 @@ def make_eval_envs(env_spec, num_envs: int, render: bool = False, **overrides) -
 def evaluate(actor: Actor, envs: gym.vector.SyncVectorEnv, seeds: list[int], device, frames=None) -> np.ndarray:
     """One full episode per env with the deterministic action; returns each env's undiscounted return.
     The vector env autoresets after an episode ends, so each env's first episode is counted through a done mask.
-    A population's actor acts in its members' envs, the same number each, member 0's first. With `frames` (a
-    list), the first env's episode is rendered into it."""
+    With `frames` (a list), the first env's episode is rendered into it."""
     actor.eval()  # dropout off
     obs, _ = envs.reset(seed=seeds)
     returns, done = np.zeros(envs.num_envs), np.zeros(envs.num_envs, dtype=bool)
-    members = actor.log_std.shape[:-1]  # (M,) for a population, () for one actor
     while not done.all():
         if frames is not None and not done[0]:
             frames.append(envs.envs[0].render())
-        obs_t = torch.as_tensor(flat_observations(obs), dtype=torch.float32, device=device)
-        action = actor.act(obs_t.view(*members, -1, obs_t.shape[-1])).view(envs.num_envs, -1).cpu().numpy()
+        action = actor.act(torch.as_tensor(flat_observations(obs), dtype=torch.float32, device=device)).cpu().numpy()
         obs, reward, terminated, truncated, _ = envs.step(action)
         returns += np.where(done, 0.0, reward)
         done |= terminated | truncated

@@ -251,8 +251,11 @@ class Actor(nn.Module):
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor) -> torch.Tensor:
-        """Deterministic evaluation action: the mean, clipped to [-1, 1]. Call `.eval()` first if there is dropout."""
-        return self(obs)[0].clamp(-1.0, 1.0)
+        """Deterministic evaluation action: the mean, clipped to [-1, 1]. Call `.eval()` first if there is dropout.
+        A population's actor takes and returns flat rows, the members' in turn (as many each, member 0's first)."""
+        members = self.log_std.shape[:-1]
+        mean = self(obs.view(*members, -1, obs.shape[-1]) if members else obs)[0]
+        return mean.reshape(*obs.shape[:-1], -1).clamp(-1.0, 1.0)
 
 
 def stack_members(nets: list) -> nn.Module:
@@ -794,20 +797,18 @@ def evaluate(actor: Actor, envs: gym.vector.SyncVectorEnv, seeds: list[int], dev
     observe(obs) turns the vector env's observations into the network input.
 
     Gymnasium's vector envs autoreset on the step after an episode ends, so each env's first episode
-    is counted through a done mask and later steps are ignored. A population's actor acts in its members' envs,
-    the same number each, member 0's first. With `frames` (a list), the first env's episode is rendered into it.
+    is counted through a done mask and later steps are ignored. With `frames` (a list), the first env's
+    episode is rendered into it.
     """
     actor.eval()  # dropout off
     obs, _ = envs.reset(seed=seeds)
     returns = np.zeros(envs.num_envs)
     reached = np.zeros(envs.num_envs, dtype=bool)
     done = np.zeros(envs.num_envs, dtype=bool)
-    members = actor.log_std.shape[:-1]  # (M,) for a population, () for one actor
     while not done.all():
         if frames is not None and not done[0]:
             frames.append(envs.envs[0].render())
-        x = torch.as_tensor(observe(obs), device=device)
-        action = actor.act(x.view(*members, -1, x.shape[-1])).view(envs.num_envs, -1).cpu().numpy()
+        action = actor.act(torch.as_tensor(observe(obs), device=device)).cpu().numpy()
         obs, reward, terminated, truncated, info = envs.step(action)
         returns += np.where(done, 0.0, reward)
         reached = record_success(reached, done, info)

@@ -161,13 +161,14 @@ class ScriptUpdate:
     plus as much room again) with constant rates."""
 
     def __init__(self, module, data, device, compile_mode: Optional[str] = None):
-        args, batch = module.Args(expectile=0.7, temperature=3.0), module.Batch(*data)  # locomotion values
+        args, batch = module.Args(), module.Batch(*data)
         if hasattr(module, "ReplayBuffer"):
             buffer = module.ReplayBuffer(batch, 2 * DATA, device)
             sample, decay_steps = (lambda: buffer.sample(args.batch_size)), None
         else:
-            sample, decay_steps = (lambda: module.sample_batch(batch, args.batch_size)), 1_000_000
-        nets = module.make_networks(OBS, ACT, args, device, lr_decay_steps=decay_steps)
+            sample, decay_steps = (lambda: module.sample_batch(batch, args.batch_size, 1)), 1_000_000
+        members = [module.Member("", 1, 0.7, 3.0)]  # one run, the locomotion values
+        nets = module.make_networks(OBS, ACT, args, device, decay_steps, members)
         self.train = module.make_train_step(sample, nets, args, compile_mode)
 
 

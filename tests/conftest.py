@@ -100,7 +100,7 @@ def sampler(iql, data, batch_size: int):
     if hasattr(iql, "ReplayBuffer"):
         buffer = iql.ReplayBuffer(data, 2 * len(data.rewards), data.rewards.device)
         return lambda: buffer.sample(batch_size)
-    return lambda: iql.sample_batch(data, batch_size)
+    return lambda: iql.sample_batch(data, batch_size, 1)
 
 
 def make_pointmaze_dataset(dataset_id: str, num_episodes: int, seed: int, max_steps: int = 60, reward_type="sparse"):

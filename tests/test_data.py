@@ -115,10 +115,11 @@ def test_sample_batch_draws_on_data_device():
     data = iql.Batch(*(torch.arange(10.0).reshape(10, 1).repeat(1, k) for k in (3, 2)),
                      torch.arange(10.0), torch.arange(10.0).reshape(10, 1).repeat(1, 3) + 1, torch.ones(10))
     torch.manual_seed(0)
-    b = iql.sample_batch(data, 64)
-    assert b.observations.shape == (64, 3) and b.masks.shape == (64,)
-    torch.testing.assert_close(b.observations[:, 0], b.rewards)  # one index per row, shared by all fields
-    torch.testing.assert_close(b.next_observations[:, 0], b.rewards + 1)
+    b = iql.sample_batch(data, 64, 2)  # two members' batches
+    assert b.observations.shape == (2, 64, 3) and b.masks.shape == (2, 64)
+    assert not torch.equal(b.rewards[0], b.rewards[1])  # each member draws its own indices
+    torch.testing.assert_close(b.observations[..., 0], b.rewards)  # one index per row, shared by all fields
+    torch.testing.assert_close(b.next_observations[..., 0], b.rewards + 1)
 
 
 def test_reference_scores(minari_root):

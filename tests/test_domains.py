@@ -20,13 +20,13 @@ def test_domain_comes_from_the_env_name(env_name, domain):
 
 
 def test_flags_win_over_domain_defaults_and_the_table_shows_both():
-    args, lines = cont.with_domain_defaults(cont.Args(temperature=1.0, dropout=0.0), "adroit")
-    assert (args.expectile, args.temperature, args.dropout) == (0.7, 1.0, 0.0)
+    args, lines = cont.with_domain_defaults(cont.Args(temperature=[1.0, 2.0], dropout=0.0), "adroit")
+    assert (args.expectile, args.temperature, args.dropout) == ([0.7], [1.0, 2.0], 0.0)  # one value, or a sweep
     assert lines[0].split() == ["expectile", "0.7", "adroit", "default"]
-    assert "temperature  1.0" in lines[1] and "flag (the adroit default is 0.5)" in lines[1]
+    assert "temperature  1.0 2.0" in lines[1] and "flag (the adroit default is 0.5)" in lines[1]
     assert "dropout      0.0" in lines[2] and "flag (the adroit default is 0.1)" in lines[2]
     args, _ = cont.with_domain_defaults(cont.Args(), "maze")
-    assert (args.expectile, args.temperature, args.dropout) == (0.9, 10.0, None)
+    assert (args.expectile, args.temperature, args.dropout) == ([0.9], [10.0], None)
     assert not any(isinstance(m, torch.nn.Dropout) for m in cont.Actor(3, 1, 8, args.dropout).net)
     args, _ = cont.with_domain_defaults(cont.Args(), "kitchen")
     dropouts = [m.p for m in cont.Actor(3, 1, 8, args.dropout).net if isinstance(m, torch.nn.Dropout)]

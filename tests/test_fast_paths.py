@@ -1,7 +1,5 @@
 """The fast paths compute the same update as the plain eager one."""
 
-import copy
-
 import pytest
 import torch
 from conftest import sampler
@@ -11,9 +9,9 @@ DECAY_STEPS = 100
 
 
 def networks_and_batch(iql, seed=0):
-    torch.manual_seed(seed)
-    args = iql.Args(hidden_dim=64, expectile=0.7, temperature=3.0)  # the locomotion values
-    nets = iql.make_networks(5, 2, args, "cpu", lr_decay_steps=DECAY_STEPS)
+    """One member's networks (the locomotion values) and a flat batch of 32 transitions."""
+    args = iql.Args(hidden_dim=64, expectile=[0.7], temperature=[3.0])
+    nets = iql.make_networks(5, 2, args, "cpu", DECAY_STEPS, [iql.Member("", seed, 0.7, 3.0)])
     g = torch.Generator().manual_seed(seed)
     batch = iql.Batch(torch.randn(32, 5, generator=g), torch.rand(32, 2, generator=g) * 2 - 1,
                       torch.randn(32, generator=g), torch.randn(32, 5, generator=g),
@@ -22,15 +20,19 @@ def networks_and_batch(iql, seed=0):
 
 
 def run(update_fn, nets, batch, args, steps=2):
-    actor, critic, target_critic, value, optimizers, schedule = nets
     for _ in range(steps):  # two steps, so that Adam's state and the schedule are exercised as well
-        metrics = update_fn(batch, actor, critic, target_critic, value, *optimizers, args)
-        schedule.step()
+        metrics = update_fn(iql_batch(batch), nets, args)
+        nets.actor_schedule.step()
     return metrics
 
 
+def iql_batch(batch):
+    """The batch as the one member's: a leading member axis of 1."""
+    return type(batch)(*(x[None] for x in batch))
+
+
 def all_tensors(nets):
-    actor, critic, target_critic, value, optimizers, _ = nets
+    actor, critic, target_critic, value, optimizers = nets[:5]
     tensors = {}
     for name, module in (("actor", actor), ("critic", critic), ("target_critic", target_critic), ("value", value)):
         tensors.update({f"{name}.{k}": v for k, v in module.state_dict().items()})
@@ -47,9 +49,12 @@ def test_update_matches_a_plain_reference(iql):
     with torch.no_grad():  # a target that differs from the critic, so that the test tells which one each step reads
         for p in nets.target_critic.parameters():
             p.add_(0.1 * torch.randn(p.shape, generator=g))
-    actor, critic, target_critic, value, _, _ = copy.deepcopy(nets)
+    # The reference: plain networks of one member (no member axis), loaded with member 0's weights.
+    actor, critic, target_critic, value = iql.Actor(5, 2, 64), iql.TwinQ(5, 2, 64), iql.TwinQ(5, 2, 64), iql.Value(5, 64)
+    for name, net in zip(("actor", "critic", "target_critic", "value"), (actor, critic, target_critic, value)):
+        net.load_state_dict(iql.member_state(getattr(nets, name), 0))
     obs, actions, rewards, next_obs, masks = batch
-    lr = args.learning_rate
+    lr, expectile, temperature = args.learning_rate, args.expectile[0], args.temperature[0]
 
     def adam_step(module, loss):  # a fresh Adam's first step: p -= lr * g / (|g| + eps)
         grads = torch.autograd.grad(loss, list(module.parameters()), allow_unused=True)
@@ -60,11 +65,11 @@ def test_update_matches_a_plain_reference(iql):
 
     q_targ = torch.minimum(*target_critic(obs, actions)).detach()
     u = q_targ - value(obs)
-    adam_step(value, (torch.where(u < 0, 1 - args.expectile, args.expectile) * u**2).mean())
+    adam_step(value, (torch.where(u < 0, 1 - expectile, expectile) * u**2).mean())
     v, v_next = value(obs).detach(), value(next_obs).detach()
     mean, log_std = actor(obs)
     dist = torch.distributions.Normal(mean, log_std.exp())
-    w = torch.exp(args.temperature * (q_targ - v)).clamp(max=args.max_weight)
+    w = torch.exp(temperature * (q_targ - v)).clamp(max=args.max_weight)
     adam_step(actor, -(w * dist.log_prob(actions).sum(-1)).mean())
     y = rewards + args.gamma * masks * v_next
     q1, q2 = critic(obs, actions)
@@ -75,7 +80,7 @@ def test_update_matches_a_plain_reference(iql):
 
     run(iql.update, nets, batch, args, steps=1)
     for name, ref in zip(("actor", "critic", "target_critic", "value"), (actor, critic, target_critic, value)):
-        for (k, a), b in zip(getattr(nets, name).state_dict().items(), ref.state_dict().values()):
+        for (k, a), b in zip(iql.member_state(getattr(nets, name), 0).items(), ref.state_dict().values()):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}.{k}: {m}")
 
 

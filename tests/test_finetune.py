@@ -52,10 +52,11 @@ def test_buffer_refuses_less_room_than_the_dataset():
 def test_buffer_samples_uniformly_over_dataset_and_online_part():
     torch.manual_seed(0)
     buffer = ft.ReplayBuffer(indexed_data(60), capacity=100, device="cpu")
+    assert buffer.sample(4096).rewards.shape == (1, 4096)  # one member's batch
     assert buffer.sample(4096).rewards.max() < 60  # empty slots are never drawn
     for r in range(60, 90):
         buffer.add(np.full(3, r), np.zeros(2), float(r), np.full(3, r), 1.0)
-    ids = torch.cat([buffer.sample(1000).rewards for _ in range(90)]).long()
+    ids = torch.cat([buffer.sample(1000).rewards[0] for _ in range(90)]).long()
     counts = torch.bincount(ids, minlength=100).numpy()
     assert counts[90:].sum() == 0  # stored rows only
     assert counts[:90].min() > 0.75 * 1000 and counts[:90].max() < 1.25 * 1000  # 1000 expected per row
@@ -187,17 +188,17 @@ def test_end_to_end_offline_then_online_and_checkpoint(maze_root, tmp_path, caps
         assert ckpt["step"] == (100 if phase == "offline" else 250) and ckpt["phase"] == phase
     # load_checkpoint restores every network and Adam's moments, by value.
     args = ft.Args(env_id="test/pointmaze/random-v0", hidden_dim=32)
-    nets = ft.make_networks(8, 2, args, "cpu", lr_decay_steps=None)
+    nets = ft.make_networks(8, 2, args, "cpu", None, [ft.Member("", 1, 0.9, 10.0)])
     assert ft.load_checkpoint(str(run_dir / "ft_offline.pt"), nets, args, 8, 2, {"reward_scale": 1.0}) == 100
     saved = torch.load(run_dir / "ft_offline.pt", weights_only=True)
-    for name in ("actor", "critic", "target_critic", "value"):
+    for name in ("actor", "critic", "target_critic", "value"):  # the file holds one network each: no member axis
         for k, v in getattr(nets, name).state_dict().items():
-            torch.testing.assert_close(v, saved[name][k])
+            torch.testing.assert_close(v, saved[name][k][None])
     for opt, state in zip(nets.optimizers, saved["optimizers"]):
         assert len(opt.state) == len(state) > 0
         for p_state, p_saved in zip(opt.state.values(), state.values()):
-            torch.testing.assert_close(p_state["exp_avg"], p_saved["exp_avg"])
-            torch.testing.assert_close(p_state["exp_avg_sq"], p_saved["exp_avg_sq"])
+            torch.testing.assert_close(p_state["exp_avg"], p_saved["exp_avg"][None])
+            torch.testing.assert_close(p_state["exp_avg_sq"], p_saved["exp_avg_sq"][None])
 
     # Starting from the offline checkpoint skips pre-training: the online phase begins at its step.
     resume = tmp_path / "resume"
@@ -243,9 +244,9 @@ def test_end_to_end_flat_observations(minari_root, tmp_path, capsys):
 def test_offline_checkpoint_loads_with_fresh_optimisers(continuous_run, capsys):
     hopper_checkpoint = str(continuous_run / "h.pt")
     args = ft.Args(env_id="test/hopper/random-v0", hidden_dim=32)
-    nets = ft.make_networks(11, 3, args, "cpu", lr_decay_steps=None)
+    nets = ft.make_networks(11, 3, args, "cpu", None, [ft.Member("", 1, 0.7, 3.0)])
     step = ft.load_checkpoint(hopper_checkpoint, nets, args, 11, 3, ft.load_data(args)[2])
     assert step == 20  # iql_continuous.py's --total-steps
     ckpt = torch.load(hopper_checkpoint, weights_only=True)
-    torch.testing.assert_close(nets.actor.state_dict()["log_std"], ckpt["actor"]["log_std"])
+    torch.testing.assert_close(nets.actor.state_dict()["log_std"], ckpt["actor"]["log_std"][None])
     assert "Adam starts afresh" in capsys.readouterr().out

@@ -315,16 +315,17 @@ def test_restore_keeps_the_learning_rate_tensors_the_schedule_and_a_cuda_graph_u
     after a resume would then never see the schedule move. restore_state keeps this run's tensors, with the saved
     values, and the schedule keeps updating them."""
     args = cont.Args(hidden_dim=8, total_steps=100)
-    saved = cont.make_networks(3, 2, args, "cpu", lr_decay_steps=100)
+    members = [cont.Member("", 1, 0.7, 3.0)]
+    saved = cont.make_networks(3, 2, args, "cpu", 100, members)
     for _ in range(30):
         saved.actor_schedule.step()
-    path = cont.save_state(str(tmp_path / "checkpoint_30.pt"), 30, saved, args, np.random.default_rng(0), [])
-    fresh = cont.make_networks(3, 2, args, "cpu", lr_decay_steps=100)
+    path = cont.save_state(str(tmp_path / "checkpoint_30.pt"), 30, saved, args, [np.random.default_rng(0)], [[]])
+    fresh = cont.make_networks(3, 2, args, "cpu", 100, members)
     tensors = [opt.param_groups[0]["lr"] for opt in fresh.optimizers]
     state = torch.load(path, weights_only=False)
     for saved_opt in state["optimizers"]:  # as saved on a GPU, where Adam is capturable
         saved_opt["param_groups"][0]["capturable"] = True
-    cont.restore_state(state, fresh, np.random.default_rng(0))
+    cont.restore_state(state, fresh, [np.random.default_rng(0)])
     for opt, lr in zip(fresh.optimizers, tensors):
         assert opt.param_groups[0]["lr"] is lr and opt.param_groups[0]["capturable"] is False  # this run's
     assert tensors[0].item() == pytest.approx(args.learning_rate * cont.cosine_decay(30, 100))

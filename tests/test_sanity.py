@@ -18,15 +18,12 @@ def bandit_data(n=512, obs_dim=3):
 
 def train(temperature, steps=150, hidden=32):
     torch.manual_seed(0)
-    args = iql.Args(temperature=temperature, expectile=0.7, hidden_dim=hidden, tau=0.05)  # a fast target: a short test
+    args = iql.Args(hidden_dim=hidden, tau=0.05, learning_rate=1e-3)  # a fast target: a short test
+    nets = iql.make_networks(3, 1, args, "cpu", None, [iql.Member("", 0, 0.7, temperature)])
     data = bandit_data()
-    actor, critic = iql.Actor(3, 1, hidden), iql.TwinQ(3, 1, hidden)
-    target_critic, value = iql.TwinQ(3, 1, hidden), iql.Value(3, hidden)
-    target_critic.load_state_dict(critic.state_dict())
-    opts = [torch.optim.Adam(m.parameters(), lr=1e-3) for m in (actor, critic, value)]
     for _ in range(steps):
-        metrics = iql.update(iql.sample_batch(data, 256), actor, critic, target_critic, value, *opts, args)
-    return actor.act(data.observations).mean().item(), value(data.observations).mean().item(), metrics
+        metrics = iql.update(iql.sample_batch(data, 256, 1), nets, args)
+    return nets.actor.act(data.observations).mean().item(), nets.value(data.observations[None]).mean().item(), metrics
 
 
 def test_iql_picks_good_action_bc_stays_between():

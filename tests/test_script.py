@@ -105,7 +105,7 @@ def test_track_starts_one_wandb_run_synced_with_tensorboard(minari_root, tmp_pat
     (run_dir,) = (tmp_path / "runs").iterdir()
     (init,) = calls
     assert init["project"] == "p" and init["sync_tensorboard"] and init["name"] == run_dir.name
-    assert init["config"]["env_id"] == "test/hopper/random-v0" and init["config"]["expectile"] == 0.7
+    assert init["config"]["env_id"] == "test/hopper/random-v0" and init["config"]["expectile"] == [0.7]
 
 
 @pytest.mark.parametrize("script", ["iql_continuous", "iql_antmaze", "iql_finetune"])
