@@ -156,6 +156,9 @@ def assert_same_training_state(a: dict, b: dict):
 
 @pytest.mark.parametrize("script, dataset_id, flags, middle", [
     ("iql_continuous", "test/hopper/random-v0", ["--total-steps", "200", "--checkpoint-freq", "100"], 100),
+    # a population of 4: two seeds, two temperatures
+    ("iql_antmaze", "test/pointmaze/random-v0", ["--total-steps", "200", "--checkpoint-freq", "100", "--num-seeds", "2",
+                                                 "--temperature", "1", "3"], 100),
     # fine-tuning: resumed from the checkpoint at the offline/online boundary, then 100 online steps
     ("iql_finetune", "test/pointmaze/random-v0", ["--offline-steps", "100", "--online-steps", "100",
                                                   "--checkpoint-freq", "1000"], 100),
@@ -187,7 +190,7 @@ def test_resumed_run_ends_bit_identical(maze_root, tmp_path, capsys, script, dat
         for k in a["buffer"]["rows"]:
             assert torch.equal(a["buffer"]["rows"][k], b["buffer"]["rows"][k])
     # TensorBoard continues without repeating steps: the resumed folder's log starts after the checkpoint.
-    logged = scalars(resumed_dir)
+    logged = scalars(resumed_dir / "seed2-temperature3.0" if "--num-seeds" in flags else resumed_dir)
     assert min(s for s, _ in logged["losses/q_loss"]) > middle
 
 
