@@ -180,12 +180,17 @@ def cosine_decay(step: int, total_steps: int) -> float:
 # M (`stack_members`). Batches are (M, batch, ...), V is (M, batch), the twin critics' Q (M, 2, batch), every loss
 # (M,). A network saved alone (--save-model, `member_state`) has no member axis.
 class Linear(nn.Linear):
-    """nn.Linear whose weight (M, out, in) and bias (M, out) may be stacked over members: x (M, batch, in)."""
+    """nn.Linear (and its init) with the weight stored as (in, out): members stack it to (M, in, out) and run as one
+    batched matmul, x (M, batch, in) -> (M, batch, out), without a transpose."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__(in_dim, out_dim)
+        self.weight = nn.Parameter(self.weight.detach().T.contiguous())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.weight.dim() == 2:
-            return super().forward(x)
-        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.mT)
+        if self.weight.dim() == 2:  # one network
+            return x @ self.weight + self.bias
+        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight)
 
 
 def mlp(in_dim: int, out_dim: int, hidden_dim: int, dropout: Optional[float] = None) -> nn.Sequential:
@@ -195,7 +200,7 @@ def mlp(in_dim: int, out_dim: int, hidden_dim: int, dropout: Optional[float] = N
     layers.append(Linear(hidden_dim, out_dim))
     for layer in layers:
         if isinstance(layer, nn.Linear):
-            nn.init.orthogonal_(layer.weight, gain=math.sqrt(2))
+            nn.init.orthogonal_(layer.weight.T, gain=math.sqrt(2))  # on the (out, in) matrix, as nn.Linear holds it
             nn.init.zeros_(layer.bias)
     return nn.Sequential(*layers)
 

@@ -121,8 +121,8 @@ def test_twin_q_matches_two_separate_mlps(iql):
 
 def test_output_layers_orthogonal_gain_sqrt2(iql):
     value, actor = iql.Value(5, 16), iql.Actor(5, 3, 16)
-    w = value.net[-1].weight  # (1, 16): one orthogonal row of norm sqrt(2)
+    w = value.net[-1].weight  # (16, 1), stored (in, out): one orthogonal column of norm sqrt(2)
     assert w.square().sum().item() == pytest.approx(2.0, rel=1e-5)
-    w = actor.net[-1].weight  # (3, 16): orthonormal rows scaled by sqrt(2)
-    torch.testing.assert_close(w @ w.T, 2 * torch.eye(3), atol=1e-5, rtol=0)
+    w = actor.net[-1].weight  # (16, 3): orthonormal columns scaled by sqrt(2)
+    torch.testing.assert_close(w.T @ w, 2 * torch.eye(3), atol=1e-5, rtol=0)
     assert torch.count_nonzero(actor.net[-1].bias) == 0 and torch.equal(actor.log_std, torch.zeros(3))
