@@ -3,7 +3,8 @@
     python benchmarks/make_datasets.py && python benchmarks/run.py --suite local  # 2-core CPU: 28 min + 45 min
     python benchmarks/run.py --suite paper --launcher slurm --max-parallel 32       # D4RL settings, GPU cluster
 
-Each run is a separate process (`python iql_*.py ...`) started through submitit: `--launcher local` runs at most
+Each run is a separate process (`python iql_*.py ...`; with `--population`, one process trains all the seeds of a
+dataset and setting as one population, `--num-seeds`) started through submitit: `--launcher local` runs at most
 `--max-parallel` of them at once on this machine, `--launcher slurm` submits a job array to SLURM (at most
 `--max-parallel` running). A run that finished is not run again, an unfinished one resumes from its newest checkpoint,
 and a job warned of its time limit (SIGUSR2) saves and requeues itself (see `Execute`). The table and plot are rebuilt
@@ -45,6 +46,8 @@ class Args:
     """folder for the table, the plot and the runs"""
     report_only: bool = False
     """if toggled, only rebuild the table and the plot from the runs that finished"""
+    population: bool = False
+    """if toggled, one process per dataset and algorithm trains its seeds as one population (--num-seeds)"""
     slurm_partition: Optional[str] = None
     """SLURM partition (slurm launcher)"""
     slurm_gpus: int = 1
@@ -58,15 +61,27 @@ class Run(NamedTuple):
     seed: int
     flags: tuple  # the script's flags besides --env-id, --seed and --temperature for BC
     minutes: float  # a generous time budget for one run on the suite's intended hardware
+    seeds: int = 1  # more than 1: a population of the seeds seed, seed+1, ... in one process
 
     @property
     def name(self) -> str:
-        return f"{self.env_id.replace('/', '-')}__{self.algo}__s{self.seed}"
+        seeds = f"{self.seed}" if self.seeds == 1 else f"{self.seed}-{self.seed + self.seeds - 1}"
+        return f"{self.env_id.replace('/', '-')}__{self.algo}__s{seeds}"
 
     def command(self) -> list[str]:
         bc = ["--temperature", "0"] if self.algo == "BC" else []
+        population = ["--num-seeds", str(self.seeds)] if self.seeds > 1 else []
         return [sys.executable, str(ROOT / f"{self.script}.py"), "--env-id", self.env_id, "--seed", str(self.seed),
-                *self.flags, *bc]
+                *population, *self.flags, *bc]
+
+
+def as_populations(runs: list[Run]) -> list[Run]:
+    """One run per script, dataset, algorithm and flags, training its (consecutive) seeds as one population."""
+    groups = {}
+    for run in runs:
+        groups.setdefault((run.script, run.env_id, run.algo, run.flags), []).append(run)
+    return [Run(*key[:3], min(r.seed for r in group), key[3], sum(r.minutes for r in group), len(group))
+            for key, group in groups.items()]
 
 
 def local_suite() -> list[Run]:
@@ -273,33 +288,32 @@ def run_suite(runs: list[Run], args: Args, folder: Path) -> dict:
     return status
 
 
-def read_scores(run_folder: Path) -> list[tuple[int, float]]:
-    """The (step, normalised score) evaluations in a run folder's TensorBoard log."""
+def read_scores(run_folder: Path) -> list[list[tuple[int, float]]]:
+    """The (step, normalised score) evaluations in a run folder's TensorBoard logs: one list per member of a
+    population (its runs/<run_name>/<member>/ log), or one for a single run."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    scores = []
-    for events in run_folder.glob("runs/*"):
+    curves = []
+    for events in sorted({f.parent for f in run_folder.glob("runs/**/events.out.tfevents.*")}):
         acc = EventAccumulator(str(events)).Reload()
         if "charts/normalized_score" in acc.Tags()["scalars"]:
-            scores += [(e.step, e.value) for e in acc.Scalars("charts/normalized_score")]
-    return sorted(scores)
+            curves.append(sorted((e.step, e.value) for e in acc.Scalars("charts/normalized_score")))
+    return curves
 
 
 def aggregate(runs: list[Run], folder: Path) -> dict:
     """{(env_id, algo): {"steps": [...], "curves": seeds x evaluations, "final": [...], "best": [...]}} over the
-    runs that finished."""
+    runs that finished (a population gives one curve per member)."""
     groups = {}
     for run in runs:
         if not finished(run, folder):
             continue
-        scores = read_scores(folder / run.name)
-        if not scores:
-            continue
-        g = groups.setdefault((run.env_id, run.algo), {"steps": [s for s, _ in scores], "curves": []})
-        if [s for s, _ in scores] != g["steps"]:
-            sys.exit(f"error: {run.name} was evaluated at other steps than the other seeds of {run.env_id} "
-                     f"{run.algo}; remove {folder / run.name} and run the suite again")
-        g["curves"].append([v for _, v in scores])
+        for scores in read_scores(folder / run.name):
+            g = groups.setdefault((run.env_id, run.algo), {"steps": [s for s, _ in scores], "curves": []})
+            if [s for s, _ in scores] != g["steps"]:
+                sys.exit(f"error: {run.name} was evaluated at other steps than the other seeds of {run.env_id} "
+                         f"{run.algo}; remove {folder / run.name} and run the suite again")
+            g["curves"].append([v for _, v in scores])
     for g in groups.values():
         g["final"] = [c[-1] for c in g["curves"]]
         g["best"] = [max(c) for c in g["curves"]]
@@ -353,13 +367,14 @@ def main(args: Args, runs: Optional[list[Run]] = None) -> dict:
     if "MINARI_DATASETS_PATH" in os.environ:  # each run works in its own folder: a relative path would break there
         os.environ["MINARI_DATASETS_PATH"] = str(Path(os.environ["MINARI_DATASETS_PATH"]).resolve())
     runs = runs if runs is not None else {"local": local_suite, "paper": paper_suite}[args.suite]()
+    runs = as_populations(runs) if args.population else runs
     out = Path(args.out)
     folder = out / args.suite
     folder.mkdir(parents=True, exist_ok=True)
     status = {r.name: "not run (--report-only)" for r in runs} if args.report_only else run_suite(runs, args, folder)
     groups = aggregate(runs, folder)
     if args.report_only and not groups:  # e.g. a fresh clone: the runs' folders are not in git, the table is
-        sys.exit(f"error: no finished runs in {folder}: {out / f'{args.suite}.md'} was left as it is")
+        sys.exit(f"error: no finished runs in {folder}: the table in {out} was left as it is")
     skipped = sorted({f"- {r.env_id}: {status[r.name][len('skipped: '):]}" for r in runs
                       if status.get(r.name, "").startswith("skipped")})
     report = table(groups) if groups else "(no finished runs)"
@@ -371,11 +386,12 @@ def main(args: Args, runs: Optional[list[Run]] = None) -> dict:
     if failed:  # listed, not hidden: leaving them out of the table would favour the seeds that survived
         report += ("\n\nStarted, not finished (failed, stopped or still running; not in the table):\n"
                    + "\n".join(failed))
-    (out / f"{args.suite}.md").write_text(report + "\n")
+    name = args.suite + ("-population" if args.population else "")  # beside the one-process-per-seed table
+    (out / f"{name}.md").write_text(report + "\n")
     if groups:
-        plot(groups, out / f"{args.suite}.png")
+        plot(groups, out / f"{name}.png")
     print(report)
-    print(f"wrote {out / f'{args.suite}.md'}" + (f" and {out / f'{args.suite}.png'}" if groups else ""))
+    print(f"wrote {out / f'{name}.md'}" + (f" and {out / f'{name}.png'}" if groups else ""))
     return status
 
 

@@ -44,6 +44,31 @@ def test_aggregation_of_known_values_gives_the_known_table(tmp_path):
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_population_per_setting_gives_the_same_table(tmp_path):
+    """--population: one run per dataset and algorithm with --num-seeds; its members' logs make the same table as
+    one run per seed."""
+    runs = [runner.Run("iql_continuous", "d/x-v0", algo, seed, ("--total-steps", "9"), 1) for algo in ("IQL", "BC")
+            for seed in (1, 2, 3)]
+    populations = runner.as_populations(runs)
+    assert [(p.algo, p.seed, p.seeds, p.minutes) for p in populations] == [("IQL", 1, 3, 3), ("BC", 1, 3, 3)]
+    assert populations[1].command()[2:] == ["--env-id", "d/x-v0", "--seed", "1", "--num-seeds", "3", "--total-steps",
+                                            "9", "--temperature", "0"]
+    assert populations[0].name == "d-x-v0__IQL__s1-3"
+    from torch.utils.tensorboard import SummaryWriter
+
+    for run in runs:
+        write_run(tmp_path / "single", run, [(500, run.seed * (1 if run.algo == "IQL" else -1))])
+    for population in populations:
+        for seed in (1, 2, 3):
+            writer = SummaryWriter(str(tmp_path / "pop" / population.name / "runs" / "x" / f"seed{seed}"))
+            writer.add_scalar("charts/normalized_score", seed * (1 if population.algo == "IQL" else -1), 500)
+            writer.close()
+        (tmp_path / "pop" / population.name / "done").write_text(json.dumps(population.command()))
+    single, pop = runner.table(runner.aggregate(runs, tmp_path / "single")), runner.aggregate(populations,
+                                                                                               tmp_path / "pop")
+    assert runner.table(pop) == single and "| d/x-v0 | 500 | 3/3 | 2.0 ± 0.8 |" in single
+
+
 def test_datasets_without_minari_counterpart_are_skipped():
     runs = runner.paper_suite()
     reasons = {r.env_id: runner.skip_reason(r) for r in runs}
