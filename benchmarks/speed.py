@@ -13,12 +13,16 @@
    benchmarks/cache/) into device tensors with the script's own loader.
 3. Evaluation cost: `eval_episodes` vectorised episodes with the policy versus the same vector-env steps (the
    policy's actions replayed) with no policy.
+4. With `--population 1,4,8`: member-updates/s of iql_continuous.py's population update for each N, each timed
+   between two N = 1 timings as above; with `--before old/iql_continuous.py` (a copy from before the member axis,
+   e.g. `git show <commit>:iql_continuous.py`), N = 1 against that copy's update, side by side.
 
 Prints a table and writes JSON (`--out`). Needs only what requirements.txt installs.
 """
 
 import copy
 import importlib
+import importlib.util
 import json
 import os
 import platform
@@ -46,7 +50,7 @@ class Args:
     threads: Optional[int] = None
     """torch CPU threads (None: torch's default)"""
     only: Optional[str] = None
-    """time only these variants (comma-separated names as in the table) next to the baseline"""
+    """time only these variants (comma-separated names as in the table) next to the baseline; none: no update table"""
     rounds: int = 30
     """interleaved rounds per variant (and of the evaluation timing); medians are reported"""
     updates_per_round: int = 25
@@ -59,6 +63,10 @@ class Args:
     """episodes in the evaluation benchmark (0 skips it)"""
     maze_episodes: int = 0
     """if > 0, time that many PointMaze U-maze episodes in a sync and an async vector env (random actions)"""
+    population: str = ""
+    """member counts N to time the population update at, comma-separated (e.g. 1,4,8); empty: skip"""
+    before: Optional[str] = None
+    """an older iql_continuous.py to time N = 1 against (with --population)"""
     out: str = "benchmarks/speed.json"
     """where the JSON results go"""
 
@@ -160,15 +168,20 @@ class ScriptUpdate:
     scripts sample the dataset with a cosine actor LR; the fine-tuning one samples its replay buffer (the data
     plus as much room again) with constant rates."""
 
-    def __init__(self, module, data, device, compile_mode: Optional[str] = None):
+    def __init__(self, module, data, device, compile_mode: Optional[str] = None, members: int = 1):
         args, batch = module.Args(), module.Batch(*data)
+        if not hasattr(module, "Member"):  # a copy from before the member axis (--before)
+            args = module.Args(expectile=0.7, temperature=3.0)
+            nets = module.make_networks(OBS, ACT, args, device, lr_decay_steps=1_000_000)
+            self.train = module.make_train_step(lambda: module.sample_batch(batch, args.batch_size), nets, args)
+            return
         if hasattr(module, "ReplayBuffer"):
             buffer = module.ReplayBuffer(batch, 2 * DATA, device)
             sample, decay_steps = (lambda: buffer.sample(args.batch_size)), None
         else:
-            sample, decay_steps = (lambda: module.sample_batch(batch, args.batch_size, 1)), 1_000_000
-        members = [module.Member("", 1, 0.7, 3.0)]  # one run, the locomotion values
-        nets = module.make_networks(OBS, ACT, args, device, decay_steps, members)
+            sample, decay_steps = (lambda: module.sample_batch(batch, args.batch_size, members)), 1_000_000
+        population = [module.Member(str(i), 1 + i, 0.7, 3.0) for i in range(members)]  # the locomotion values
+        nets = module.make_networks(OBS, ACT, args, device, decay_steps, population)
         self.train = module.make_train_step(sample, nets, args, compile_mode)
 
 
@@ -222,6 +235,34 @@ def time_updates(variants: dict, args: Args) -> tuple[dict, dict]:
         print(f"  round {r + 1}/{args.rounds}: baseline {statistics.median(rates['baseline'][-len(others):]):.0f}/s, "
               + ", ".join(f"{n} {rates[n][-1]:.0f}/s ({ratios[n][-1]:.2f}x)" for n in others), flush=True)
     return rates, ratios
+
+
+def time_population(args: Args, data, device) -> dict:
+    """Member-updates/s of iql_continuous.py's population update: each N timed between two N = 1 timings (ratio =
+    member-updates/s over N = 1's), and N = 1 between two timings of the --before copy."""
+    module = importlib.import_module("iql_continuous")
+    counts = [int(n) for n in args.population.split(",")]
+    results = {}
+    if args.before:
+        spec = importlib.util.spec_from_file_location("iql_before", args.before)
+        before = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(before)
+        print(f"population: N = 1 against {args.before}")
+        rates, ratios = time_updates({"baseline": ScriptUpdate(before, data, device),
+                                      "N=1": ScriptUpdate(module, data, device)}, args)
+        results["N=1 vs --before"] = {"member_updates_per_s": statistics.median(rates["N=1"]),
+                                      "ratio": statistics.median(ratios["N=1"]), "spread": spread(ratios["N=1"])}
+    others = {f"N={n}": ScriptUpdate(module, data, device, members=n) for n in counts if n > 1}
+    if others:
+        print(f"population: N = {', '.join(map(str, counts))} against N = 1")
+        variants = {"baseline": ScriptUpdate(module, data, device), **others}
+        rates, ratios = time_updates(variants, args)
+        for name in others:
+            n = int(name[2:])
+            results[f"{name} vs N=1"] = {"member_updates_per_s": n * statistics.median(rates[name]),
+                                         "ratio": n * statistics.median(ratios[name]),
+                                         "spread": [n * x for x in spread(ratios[name])]}
+    return results
 
 
 # ----------------------------------------------------------------------------------------------
@@ -385,13 +426,16 @@ def main(args: Args):
                 variants[f"{name} --compile --cudagraphs"] = ScriptUpdate(module, data, device, "compile+cudagraphs")
     if args.only:
         variants = {n: v for n, v in variants.items() if n == "baseline" or n in args.only.split(",")}
-    rates, ratios = time_updates(variants, args)
-    # The ratio is the median over rounds of (variant / the baseline timed around it): drift in the machine's
-    # speed cancels. The baseline's rounds are all its pairs of timings (one pair around each variant).
-    results["updates_per_s"] = {n: {"median": statistics.median(r), "rounds": r, "ratios": ratios[n],
-                                    "ratio": statistics.median(ratios[n]), "spread": spread(ratios[n])}
-                                for n, r in rates.items()}
+    if len(variants) > 1:  # --only none: no update table
+        rates, ratios = time_updates(variants, args)
+        # The ratio is the median over rounds of (variant / the baseline timed around it): drift in the machine's
+        # speed cancels. The baseline's rounds are all its pairs of timings (one pair around each variant).
+        results["updates_per_s"] = {n: {"median": statistics.median(r), "rounds": r, "ratios": ratios[n],
+                                        "ratio": statistics.median(ratios[n]), "spread": spread(ratios[n])}
+                                    for n, r in rates.items()}
 
+    if args.population:
+        results["population"] = time_population(args, data, device)
     if args.dataset_steps:
         results["dataset"] = time_dataset(args)
     if args.eval_episodes:
@@ -399,13 +443,20 @@ def main(args: Args):
     if args.maze_episodes:
         results["maze_vector_envs"] = time_maze_vector_envs(args)
 
-    print(f"\n| variant | updates/s (median of {args.rounds} rounds) | x baseline (median of the {args.rounds} rounds' "
-          "ratios to the baseline timed around it) | rounds' ratios: quartiles, min-max |")
-    print("|---|---|---|---|")
-    for n, r in results["updates_per_s"].items():
-        q1, q3, low, high = r["spread"]
-        print(f"| {n} | {r['median']:.0f} | {r['ratio']:.2f} | "
-              + ("" if n == "baseline" else f"{q1:.2f}-{q3:.2f}, {low:.2f}-{high:.2f}") + " |")
+    if "updates_per_s" in results:
+        print(f"\n| variant | updates/s (median of {args.rounds} rounds) | x baseline (median of the {args.rounds} rounds' "
+              "ratios to the baseline timed around it) | rounds' ratios: quartiles, min-max |")
+        print("|---|---|---|---|")
+        for n, r in results["updates_per_s"].items():
+            q1, q3, low, high = r["spread"]
+            print(f"| {n} | {r['median']:.0f} | {r['ratio']:.2f} | "
+                  + ("" if n == "baseline" else f"{q1:.2f}-{q3:.2f}, {low:.2f}-{high:.2f}") + " |")
+    if "population" in results:
+        print("\n| population | member-updates/s (median) | x the reference timed around it (median) | quartiles |")
+        print("|---|---|---|---|")
+        for n, r in results["population"].items():
+            q1, q3 = r["spread"][:2]
+            print(f"| {n} | {r['member_updates_per_s']:.0f} | {r['ratio']:.2f} | {q1:.2f}-{q3:.2f} |")
     if "dataset" in results:
         d = results["dataset"]
         print(f"\ndataset: {d['transitions']:,} transitions to {device} tensors in {d['seconds']:.2f} s (best of 3)")
