@@ -162,3 +162,19 @@ def test_speed_benchmark_times_evaluation_against_the_same_env_steps():
     ratios = [p / b for p, b in zip(e["policy_rounds"], e["bare_env_rounds"])]
     assert e["ratio"] == pytest.approx(statistics.median(ratios))
     assert e["policy_seconds"] == pytest.approx(statistics.median(e["policy_rounds"]))
+
+
+def test_speed_benchmark_times_a_population_against_one_member():
+    """--population 1,2: the two-member update timed between one-member timings; its rate counts member-updates."""
+    import sys
+
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import speed
+
+    args = speed.Args(rounds=2, updates_per_round=2, population="1,2")
+    result = speed.time_population(args, speed.make_data("cpu"), "cpu")
+    assert list(result) == ["N=2 vs N=1"]
+    r = result["N=2 vs N=1"]
+    assert r["member_updates_per_s"] > 0 and r["spread"][0] <= r["ratio"] <= r["spread"][1]
