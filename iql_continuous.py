@@ -369,30 +369,21 @@ def make_train_step(sample: Callable[[], Batch], networks: Networks, args: Args,
 
 def cuda_graph(fn, warmup: int = 3):
     """Each call runs fn once: the first `warmup` calls eagerly on a side stream (so that Adam's state and the
-    gradients exist), then one capture, then graph replays. Falls back to eager calls where capture fails."""
-    graph, outputs, calls, stream = None, None, 0, torch.cuda.Stream()
+    gradients exist), then one capture, then replays of the captured graph."""
+    graph, outputs, calls, stream = torch.cuda.CUDAGraph(), None, 0, torch.cuda.Stream()
 
     def call():
-        nonlocal graph, outputs, calls
+        nonlocal outputs, calls
         calls += 1
-        if graph is False:  # capture failed: plain eager calls from now on
-            return fn()
         if calls <= warmup:
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
-                result = fn()
+                outputs = fn()
             torch.cuda.current_stream().wait_stream(stream)
-            return result
-        if graph is None:
-            try:
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    outputs = fn()
-            except Exception as e:
-                print(f"warning: CUDA graph capture failed ({str(e).splitlines()[0][:200]}); the update runs eagerly")
-                torch.cuda.synchronize()
-                graph = False
-                return fn()
+            return outputs
+        if calls == warmup + 1:
+            with torch.cuda.graph(graph):
+                outputs = fn()
         graph.replay()
         return outputs
 
@@ -459,15 +450,10 @@ def check_track(args: Args):
 
 
 def env_domain(env_name: str) -> Optional[str]:
-    """The domain from the env's spec name (not the dataset id): Hopper, HalfCheetah, Walker2d -> locomotion;
-    AdroitHand* -> adroit; FrankaKitchen* -> kitchen; *Maze* -> maze; else None."""
-    if env_name in ("Hopper", "HalfCheetah", "Walker2d"):
-        return "locomotion"
-    if env_name.startswith("AdroitHand"):
-        return "adroit"
-    if env_name.startswith("FrankaKitchen"):
-        return "kitchen"
-    return "maze" if "Maze" in env_name else None
+    """The domain from the env's spec name (not the dataset id), or None for an env of no known domain."""
+    patterns = {"locomotion": "(Hopper|HalfCheetah|Walker2d)$", "adroit": "AdroitHand", "kitchen": "FrankaKitchen",
+                "maze": ".*Maze"}
+    return next((domain for domain, pattern in patterns.items() if re.match(pattern, env_name)), None)
 
 
 def with_domain_defaults(args: Args, domain: str):
@@ -815,7 +801,9 @@ def make_writers(args: Args, run_dir: Path, start: int, device, texts: dict, mem
     if args.track:
         import wandb
 
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+        if len(members) > 1:  # one W&B run, each member's scalars under its folder's name
+            wandb.tensorboard.patch(root_logdir=str(run_dir))
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=len(members) == 1,
                    config=vars(args), name=run_dir.name, save_code=True)
     from torch.utils.tensorboard import SummaryWriter
 

@@ -136,3 +136,20 @@ def test_each_member_trains_with_its_own_expectile_and_temperature():
         for name in cont.NETS:
             for k, v in cont.member_state(getattr(single, name), 0).items():
                 torch.testing.assert_close(cont.member_state(getattr(nets, name), i)[k], v, rtol=1e-6, atol=1e-7)
+
+
+def test_track_makes_one_wandb_run_with_the_members_under_their_names(minari_root, tmp_path, monkeypatch):
+    """With --track a population is one W&B run whose TensorBoard sync is rooted at the run folder, so that each
+    member's scalars sit under its folder's name."""
+    import sys
+    import types
+
+    calls = []
+    fake = types.SimpleNamespace(init=lambda **kwargs: calls.append(("init", kwargs)),
+                                 tensorboard=types.SimpleNamespace(patch=lambda **kw: calls.append(("patch", kw))))
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    run_main("iql_continuous", tmp_path, *HOPPER, "--num-seeds", "2", "--track")
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert [c[0] for c in calls] == ["patch", "init"]
+    assert calls[0][1]["root_logdir"] == str(run_dir.relative_to(tmp_path)) and not calls[1][1]["sync_tensorboard"]
+    assert sorted(p.name for p in run_dir.iterdir() if p.is_dir()) == ["seed1", "seed2"]
