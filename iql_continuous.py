@@ -423,17 +423,16 @@ def check_args(args: Args):
     """Refuse values the algorithm cannot use, before any heavy work."""
     rules = [(0 < e < 1, f"--expectile must be in (0, 1), got {e}") for e in args.expectile or []]
     rules += [(t >= 0, f"--temperature must be >= 0 (0 is behaviour cloning), got {t}") for t in args.temperature or []]
-    rules += [(args.num_seeds > 0, f"--num-seeds must be positive, got {args.num_seeds}"),
-             (args.dropout is None or 0 <= args.dropout < 1, f"--dropout must be in [0, 1), got {args.dropout}"),
-             (0 <= args.gamma <= 1, f"--gamma must be in [0, 1], got {args.gamma}"),
-             (0 < args.tau <= 1, f"--tau must be in (0, 1], got {args.tau}"),
-             (args.checkpoint_freq >= 0, f"--checkpoint-freq must be >= 0, got {args.checkpoint_freq}"),
-             (not args.cudagraphs or (args.cuda and torch.cuda.is_available()), "--cudagraphs needs a CUDA device"),
-             (args.resume is None or Path(args.resume).is_file(), f"--resume {args.resume}: no such file")]
-    positive = ("learning_rate", "max_weight", "total_steps", "batch_size", "eval_freq", "eval_episodes", "log_freq",
-                "hidden_dim")
-    rules += [(getattr(args, n) > 0, f"--{n.replace('_', '-')} must be positive, got {getattr(args, n)}")
-              for n in positive]
+    rules += [(getattr(args, n) > 0, f"--{n.replace('_', '-')} must be positive, got {getattr(args, n)}") for n in (
+        "learning_rate", "max_weight", "total_steps", "batch_size", "eval_freq", "eval_episodes", "log_freq",
+        "hidden_dim", "num_seeds")]
+    rules += [(getattr(args, n) != [], f"--{n} needs at least one value") for n in SWEEPABLE]
+    rules += [(args.dropout is None or 0 <= args.dropout < 1, f"--dropout must be in [0, 1), got {args.dropout}"),
+              (0 <= args.gamma <= 1, f"--gamma must be in [0, 1], got {args.gamma}"),
+              (0 < args.tau <= 1, f"--tau must be in (0, 1], got {args.tau}"),
+              (args.checkpoint_freq >= 0, f"--checkpoint-freq must be >= 0, got {args.checkpoint_freq}"),
+              (not args.cudagraphs or (args.cuda and torch.cuda.is_available()), "--cudagraphs needs a CUDA device"),
+              (args.resume is None or Path(args.resume).is_file(), f"--resume {args.resume}: no such file")]
     for ok, message in rules:
         if not ok:
             raise UserError(message)

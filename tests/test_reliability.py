@@ -51,6 +51,9 @@ BAD_INPUTS = [  # (script, flags, the message's telling part): every bad input a
     ("iql_antmaze", MAZE + ["--expectile", "0"], "--expectile must be in (0, 1), got 0.0"),
     ("iql_finetune", MAZE + ["--temperature", "-1"], "--temperature must be >= 0 (0 is behaviour cloning), got -1.0"),
     ("iql_antmaze", MAZE + ["--batch-size", "0"], "--batch-size must be positive, got 0"),
+    ("iql_continuous", HOPPER + ["--num-seeds", "0"], "--num-seeds must be positive, got 0"),
+    ("iql_antmaze", MAZE + ["--expectile"], "--expectile needs at least one value"),
+    ("iql_finetune", MAZE + ["--expectile", "0.7", "0.9"], "--expectile takes one value here: iql_finetune.py trains"),
     ("iql_continuous", HOPPER + ["--batch-size", "100000"], "--batch-size 100000 is larger than the dataset (333"),
     ("iql_continuous", HOPPER + ["--total-steps", "0"], "--total-steps must be positive, got 0"),
     ("iql_finetune", MAZE + ["--offline-steps", "-5"], "--offline-steps must be >= 0, got -5"),
@@ -85,7 +88,7 @@ BAD_INPUTS = [  # (script, flags, the message's telling part): every bad input a
      "trained on rewards scaled by"),
 ]
 # The real command line, once per script: the exit status, one line on stderr, no traceback.
-ON_THE_COMMAND_LINE = [BAD_INPUTS[i] for i in (0, 14, 21)]
+ON_THE_COMMAND_LINE = [BAD_INPUTS[i] for i in (0, 17, 24)]
 
 
 def with_files(flags, run_dir):
