@@ -58,7 +58,7 @@ class Args:
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
     """the name of this experiment (part of the run name)"""
     seed: int = 1
-    """seed of the experiment (torch, numpy, random, evaluation episodes)"""
+    """seed of the experiment (torch, numpy, random, evaluation episodes); a population's first member's"""
     num_seeds: int = 1
     """train this many runs at once, with seeds seed, seed+1, ...: one population (see `population`)"""
     torch_deterministic: bool = True
@@ -72,9 +72,10 @@ class Args:
     wandb_entity: Optional[str] = None
     """the Weights & Biases entity (team)"""
     capture_video: bool = False
-    """if toggled, record the first evaluation episode of each evaluation under `videos/{run_name}`"""
+    """if toggled, record the first evaluation episode of each evaluation (member 0's) under `videos/{run_name}`"""
     save_model: bool = False
-    """if toggled, save every network and the Args to `runs/{run_name}/{exp_name}.pt` at the end"""
+    """if toggled, save every network and the Args to `runs/{run_name}/{exp_name}.pt` at the end (a population:
+    one file per member, in `runs/{run_name}/{member}/`)"""
     env_id: str = "antmaze-umaze-v2"
     """a D4RL name (antmaze-*-v0/v2, maze2d-*-v1) or any Minari dataset id `namespace/name-vN` with maze observations"""
     goal_input: bool = True
@@ -108,7 +109,7 @@ class Args:
     eval_freq: int = 100_000
     """evaluate every this many updates (and at the end)"""
     eval_episodes: int = 100
-    """episodes per evaluation, run at once in a vector env"""
+    """episodes per evaluation (of each member), run at once in a vector env"""
     log_freq: int = 1000
     """copy the losses off the device and log them every this many updates"""
     checkpoint_freq: int = 100_000
@@ -270,7 +271,8 @@ def optimizer_step(optimizer, loss):
 
 
 def update(batch: Batch, nets: "Networks", args: Args):
-    """Every member's update at once: each loss is the sum of the members' mean losses, so no gradients mix."""
+    """Every member's update at once. Each loss is the sum of the members' mean losses: the members' parameters are
+    disjoint slices, so each gets its own gradient, at the scale a single run would have."""
     obs, actions, rewards, next_obs, masks = batch
     actor_opt, critic_opt, value_opt = nets.optimizers
     with torch.no_grad():
@@ -338,7 +340,9 @@ def make_networks(obs_dim: int, act_dim: int, args: Args, device, lr_decay_steps
     is None. Each member's initial weights come from its own seed."""
     device = torch.device(device)
     nets = []
-    for member in reversed(members):  # member 0 last: the random stream goes on from its seed, as in a single run
+    # Each member built right after seeding torch with its own seed; member 0 last, so that the random stream the
+    # batches and dropout masks then draw from (one for the whole population) goes on from its seed, as in a single run.
+    for member in reversed(members):
         torch.manual_seed(member.seed)
         nets.append((Actor(obs_dim, act_dim, args.hidden_dim, args.dropout), TwinQ(obs_dim, act_dim, args.hidden_dim),
                      Value(obs_dim, args.hidden_dim)))
@@ -349,14 +353,15 @@ def make_networks(obs_dim: int, act_dim: int, args: Args, device, lr_decay_steps
                                         capturable=device.type == "cuda") for m in (actor, critic, value))
     decay = (lambda t: cosine_decay(t, lr_decay_steps)) if lr_decay_steps else (lambda t: 1.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizers[0], decay)
-    hyper = [torch.tensor([[getattr(m, name)] for m in members], device=device) for name in ("expectile", "temperature")]
-    return Networks(actor, critic, target_critic, value, optimizers, schedule, *hyper)
+    expectile, temperature = (torch.tensor([[getattr(m, k)] for m in members], device=device) for k in SWEEPABLE)
+    return Networks(actor, critic, target_critic, value, optimizers, schedule, expectile, temperature)
 
 
 def make_train_step(sample: Callable[[], Batch], networks: Networks, args: Args, mode: Optional[str] = None):
     """step() draws a batch with sample(), runs one update, advances the actor's schedule and returns the metrics
-    (tensors on the device). mode None runs eagerly, "compile" through torch.compile, "cudagraphs" replays a
-    captured CUDA graph, "compile+cudagraphs" captures the compiled losses in the graph."""
+    (tensors on the device; under a CUDA graph the same tensors every step, refilled). mode None runs eagerly,
+    "compile" through torch.compile, "cudagraphs" replays a captured CUDA graph, "compile+cudagraphs" captures the
+    compiled losses in the graph."""
 
     def sample_and_update():
         return update(sample(), networks, args)
@@ -387,8 +392,11 @@ def cuda_graph(fn, warmup: int = 3):
             torch.cuda.current_stream().wait_stream(stream)
             return outputs
         if calls == warmup + 1:
-            with torch.cuda.graph(graph):
-                outputs = fn()
+            try:
+                with torch.cuda.graph(graph):
+                    outputs = fn()
+            except RuntimeError as e:
+                raise UserError(f"CUDA graph capture failed ({first_line(e)}): run without --cudagraphs") from e
         graph.replay()
         return outputs
 
@@ -423,6 +431,8 @@ def check_args(args: Args):
         "learning_rate", "max_weight", "total_steps", "batch_size", "eval_freq", "eval_episodes", "log_freq",
         "hidden_dim", "num_seeds")]
     rules += [(getattr(args, n) != [], f"--{n} needs at least one value") for n in SWEEPABLE]
+    rules += [(len(set(getattr(args, n) or [])) == len(getattr(args, n) or []), f"--{n} has a value twice: "
+               f"{getattr(args, n)}") for n in SWEEPABLE]
     rules += [(args.dropout is None or 0 <= args.dropout < 1, f"--dropout must be in [0, 1), got {args.dropout}"),
               (0 <= args.gamma <= 1, f"--gamma must be in [0, 1], got {args.gamma}"),
               (0 < args.tau <= 1, f"--tau must be in (0, 1], got {args.tau}"),
@@ -572,7 +582,7 @@ def check_data(data: dict, env_id: str):
 
 
 def sample_batch(data: Batch, batch_size: int, members: int) -> Batch:
-    """Each member's uniform minibatch, (members, batch_size, ...); indices drawn on the data's device (no host sync)."""
+    """Each member's uniform minibatch, (members, batch_size, ...), indices drawn on the data's device (no sync)."""
     idx = torch.randint(len(data.rewards), (members, batch_size), device=data.rewards.device)
     return Batch(*(x[idx] for x in data))
 
@@ -726,6 +736,9 @@ def run_folder(args: Args):
                         "resume)")
     if state.get("script", script) != script:  # older checkpoints carry no name: their settings are checked below
         raise UserError(f"{path} was written by {state['script']}, not {script}: resume it with {state['script']}")
+    if any(isinstance(state["args"].get(n), float) for n in SWEEPABLE):
+        raise UserError(f"{path} was written before populations (commit 05cdb50 or earlier): its networks have no "
+                        "member axis, and this version cannot resume it")
     unknown = sorted(set(state["args"]) - {f.name for f in fields(Args)})
     if unknown:
         raise UserError(f"{args.resume} has settings this script does not know ({', '.join(unknown)}): another "
@@ -862,10 +875,11 @@ def main(args: Args):
             losses = dict(zip(metrics, torch.stack(list(metrics.values())).tolist()))  # the one host sync
             check_finite(losses, step, members)
             rate = (step - start) / (time.time() - start_time)
+            actor_lr = args.learning_rate * cosine_decay(step - 1, args.total_steps)
             for i, writer in enumerate(writers):
                 for tag, values in losses.items():
                     writer.add_scalar(tag, values[i], step)
-                writer.add_scalar("charts/actor_lr", args.learning_rate * cosine_decay(step - 1, args.total_steps), step)
+                writer.add_scalar("charts/actor_lr", actor_lr, step)
                 writer.add_scalar("charts/SPS", int(rate), step)
             print(progress_line(step, args.total_steps, rate, last_evaluation(), len(members)), flush=True)
 

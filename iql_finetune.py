@@ -285,7 +285,8 @@ def optimizer_step(optimizer, loss):
 
 
 def update(batch: Batch, nets: "Networks", args: Args):
-    """Every member's update at once: each loss is the sum of the members' mean losses, so no gradients mix."""
+    """Every member's update at once. Each loss is the sum of the members' mean losses: the members' parameters are
+    disjoint slices, so each gets its own gradient, at the scale a single run would have."""
     obs, actions, rewards, next_obs, masks = batch
     actor_opt, critic_opt, value_opt = nets.optimizers
     with torch.no_grad():
@@ -343,7 +344,9 @@ def make_networks(obs_dim: int, act_dim: int, args: Args, device, lr_decay_steps
     is None. Each member's initial weights come from its own seed."""
     device = torch.device(device)
     nets = []
-    for member in reversed(members):  # member 0 last: the random stream goes on from its seed, as in a single run
+    # Each member built right after seeding torch with its own seed; member 0 last, so that the random stream the
+    # batches and dropout masks then draw from (one for the whole population) goes on from its seed, as in a single run.
+    for member in reversed(members):
         torch.manual_seed(member.seed)
         nets.append((Actor(obs_dim, act_dim, args.hidden_dim, args.dropout), TwinQ(obs_dim, act_dim, args.hidden_dim),
                      Value(obs_dim, args.hidden_dim)))
@@ -354,14 +357,15 @@ def make_networks(obs_dim: int, act_dim: int, args: Args, device, lr_decay_steps
                                         capturable=device.type == "cuda") for m in (actor, critic, value))
     decay = (lambda t: cosine_decay(t, lr_decay_steps)) if lr_decay_steps else (lambda t: 1.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizers[0], decay)
-    hyper = [torch.tensor([[getattr(m, name)] for m in members], device=device) for name in ("expectile", "temperature")]
-    return Networks(actor, critic, target_critic, value, optimizers, schedule, *hyper)
+    expectile, temperature = (torch.tensor([[getattr(m, k)] for m in members], device=device) for k in SWEEPABLE)
+    return Networks(actor, critic, target_critic, value, optimizers, schedule, expectile, temperature)
 
 
 def make_train_step(sample: Callable[[], Batch], networks: Networks, args: Args, mode: Optional[str] = None):
     """step() draws a batch with sample(), runs one update, advances the actor's schedule and returns the metrics
-    (tensors on the device). mode None runs eagerly, "compile" through torch.compile, "cudagraphs" replays a
-    captured CUDA graph, "compile+cudagraphs" captures the compiled losses in the graph."""
+    (tensors on the device; under a CUDA graph the same tensors every step, refilled). mode None runs eagerly,
+    "compile" through torch.compile, "cudagraphs" replays a captured CUDA graph, "compile+cudagraphs" captures the
+    compiled losses in the graph."""
 
     def sample_and_update():
         return update(sample(), networks, args)
@@ -392,8 +396,11 @@ def cuda_graph(fn, warmup: int = 3):
             torch.cuda.current_stream().wait_stream(stream)
             return outputs
         if calls == warmup + 1:
-            with torch.cuda.graph(graph):
-                outputs = fn()
+            try:
+                with torch.cuda.graph(graph):
+                    outputs = fn()
+            except RuntimeError as e:
+                raise UserError(f"CUDA graph capture failed ({first_line(e)}): run without --cudagraphs") from e
         graph.replay()
         return outputs
 
@@ -852,7 +859,7 @@ def save_checkpoint(path: str, networks: Networks, args: Args, step: int, phase:
                     info: dict):
     """The networks, the optimisers' state and how the data were scaled (not the replay buffer or the env)."""
     torch.save({"args": asdict(args), "step": step, "phase": phase, "obs_dim": obs_dim, "act_dim": act_dim,
-                "reward_scale": info["reward_scale"], **{name: member_state(getattr(networks, name), 0) for name in NETS},
+                "reward_scale": info["reward_scale"], **{n: member_state(getattr(networks, n), 0) for n in NETS},
                 "optimizers": [{i: {k: v if k == "step" else v[0] for k, v in s.items()}  # without the member axis
                                 for i, s in opt.state_dict()["state"].items()} for opt in networks.optimizers]}, path)
     print(f"model saved to {path}")
@@ -964,6 +971,9 @@ def run_folder(args: Args):
                         "resume)")
     if state.get("script", script) != script:  # older checkpoints carry no name: their settings are checked below
         raise UserError(f"{path} was written by {state['script']}, not {script}: resume it with {state['script']}")
+    if any(isinstance(state["args"].get(n), float) for n in SWEEPABLE):
+        raise UserError(f"{path} was written before populations (commit 05cdb50 or earlier): its networks have no "
+                        "member axis, and this version cannot resume it")
     unknown = sorted(set(state["args"]) - {f.name for f in fields(Args)})
     if unknown:
         raise UserError(f"{args.resume} has settings this script does not know ({', '.join(unknown)}): another "

@@ -444,8 +444,8 @@ def main(args: Args):
         results["maze_vector_envs"] = time_maze_vector_envs(args)
 
     if "updates_per_s" in results:
-        print(f"\n| variant | updates/s (median of {args.rounds} rounds) | x baseline (median of the {args.rounds} rounds' "
-              "ratios to the baseline timed around it) | rounds' ratios: quartiles, min-max |")
+        print(f"\n| variant | updates/s (median of {args.rounds} rounds) | x baseline (median of the {args.rounds} "
+              "rounds' ratios to the baseline timed around it) | rounds' ratios: quartiles, min-max |")
         print("|---|---|---|---|")
         for n, r in results["updates_per_s"].items():
             q1, q3, low, high = r["spread"]

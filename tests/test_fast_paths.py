@@ -50,7 +50,8 @@ def test_update_matches_a_plain_reference(iql):
         for p in nets.target_critic.parameters():
             p.add_(0.1 * torch.randn(p.shape, generator=g))
     # The reference: plain networks of one member (no member axis), loaded with member 0's weights.
-    actor, critic, target_critic, value = iql.Actor(5, 2, 64), iql.TwinQ(5, 2, 64), iql.TwinQ(5, 2, 64), iql.Value(5, 64)
+    actor, critic, target_critic, value = iql.Actor(5, 2, 64), iql.TwinQ(5, 2, 64), iql.TwinQ(5, 2, 64), \
+        iql.Value(5, 64)
     for name, net in zip(("actor", "critic", "target_critic", "value"), (actor, critic, target_critic, value)):
         net.load_state_dict(iql.member_state(getattr(nets, name), 0))
     obs, actions, rewards, next_obs, masks = batch

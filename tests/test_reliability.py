@@ -52,6 +52,7 @@ BAD_INPUTS = [  # (script, flags, the message's telling part): every bad input a
     ("iql_finetune", MAZE + ["--temperature", "-1"], "--temperature must be >= 0 (0 is behaviour cloning), got -1.0"),
     ("iql_antmaze", MAZE + ["--batch-size", "0"], "--batch-size must be positive, got 0"),
     ("iql_continuous", HOPPER + ["--num-seeds", "0"], "--num-seeds must be positive, got 0"),
+    ("iql_continuous", HOPPER + ["--expectile", "0.7", "0.7"], "--expectile has a value twice: [0.7, 0.7]"),
     ("iql_antmaze", MAZE + ["--expectile"], "--expectile needs at least one value"),
     ("iql_finetune", MAZE + ["--expectile", "0.7", "0.9"], "--expectile takes one value here: iql_finetune.py trains"),
     ("iql_continuous", HOPPER + ["--batch-size", "100000"], "--batch-size 100000 is larger than the dataset (333"),
@@ -88,7 +89,7 @@ BAD_INPUTS = [  # (script, flags, the message's telling part): every bad input a
      "trained on rewards scaled by"),
 ]
 # The real command line, once per script: the exit status, one line on stderr, no traceback.
-ON_THE_COMMAND_LINE = [BAD_INPUTS[i] for i in (0, 17, 24)]
+ON_THE_COMMAND_LINE = [BAD_INPUTS[i] for i in (0, 18, 25)]
 
 
 def with_files(flags, run_dir):
@@ -244,6 +245,14 @@ def test_resume_refuses_settings_it_does_not_know(continuous_run, tmp_path):
     state["args"]["bogus_flag"] = 1  # as another version of the script would write it
     torch.save(state, tmp_path / "checkpoint_20.pt")
     with pytest.raises(cont.UserError, match=r"settings this script does not know \(bogus_flag\)"):
+        run_main("iql_continuous", tmp_path, "--resume", tmp_path / "checkpoint_20.pt")
+
+
+def test_resume_refuses_a_checkpoint_from_before_populations(continuous_run, tmp_path):
+    state = torch.load(continuous_run / "checkpoint_20.pt", weights_only=False)
+    state["args"]["expectile"] = 0.7  # one float, as the scripts wrote it before the member axis
+    torch.save(state, tmp_path / "checkpoint_20.pt")
+    with pytest.raises(cont.UserError, match=r"written before populations \(commit 05cdb50 or earlier\)"):
         run_main("iql_continuous", tmp_path, "--resume", tmp_path / "checkpoint_20.pt")
 
 
