@@ -277,6 +277,17 @@ def member_state(net: nn.Module, i: int) -> dict:
 
 
 # ---- One IQL update (paper Algorithm 1; IK `learner.py`: value, then actor and critic with the new V, then target) ---
+class Networks(NamedTuple):
+    actor: nn.Module
+    critic: nn.Module
+    target_critic: nn.Module
+    value: nn.Module
+    optimizers: tuple  # Adam for the actor, the critics and the value, in that order
+    actor_schedule: torch.optim.lr_scheduler.LRScheduler
+    expectile: torch.Tensor  # (M, 1): each member's own
+    temperature: torch.Tensor  # (M, 1)
+
+
 @torch.compiler.disable  # under --compile the losses are compiled; the (fused) optimizer steps stay as they are
 def optimizer_step(optimizer, loss):
     optimizer.zero_grad(set_to_none=True)
@@ -284,7 +295,7 @@ def optimizer_step(optimizer, loss):
     optimizer.step()
 
 
-def update(batch: Batch, nets: "Networks", args: Args):
+def update(batch: Batch, nets: Networks, args: Args):
     """Every member's update at once. Each loss is the sum of the members' mean losses: the members' parameters are
     disjoint slices, so each gets its own gradient, at the scale a single run would have."""
     obs, actions, rewards, next_obs, masks = batch
@@ -324,17 +335,6 @@ class Member(NamedTuple):
     seed: int
     expectile: float
     temperature: float
-
-
-class Networks(NamedTuple):
-    actor: nn.Module
-    critic: nn.Module
-    target_critic: nn.Module
-    value: nn.Module
-    optimizers: tuple  # Adam for the actor, the critics and the value, in that order
-    actor_schedule: torch.optim.lr_scheduler.LRScheduler
-    expectile: torch.Tensor  # (M, 1): each member's own
-    temperature: torch.Tensor  # (M, 1)
 
 
 def make_networks(obs_dim: int, act_dim: int, args: Args, device, lr_decay_steps: Optional[int],
