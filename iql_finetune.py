@@ -409,50 +409,66 @@ def cuda_graph(fn, warmup: int = 3):
 
 # ---- Fine-tuning: the replay buffer and the online step --------------------------------------------------------------
 class ReplayBuffer:
-    """Transitions on the training device, preallocated for `capacity` (IK `dataset_utils.ReplayBuffer`).
+    """Transitions on the training device, preallocated (IK `dataset_utils.ReplayBuffer`): the dataset once, shared
+    by all members, then each member's own online rows, room for `capacity - len(dataset)` of them each.
 
-    It starts with the whole dataset, in order; each online transition goes into the next slot, and once the
-    buffer is full the oldest transition is overwritten (FIFO). sample() is uniform over everything stored; the
-    number stored lives on the device too, so sampling never waits for the host (and a CUDA graph sees it grow).
+    Each online transition goes into its member's next slot; once a member's online part is full its oldest online
+    row is overwritten, and the dataset stays. (IK's buffer is one ring over everything, which overwrites the dataset
+    first: the two differ only when the capacity is less than the dataset plus the online steps.) sample() draws each
+    member's batch uniformly over the dataset and that member's online rows; the number stored lives on the device
+    too, so sampling never waits for the host (and a CUDA graph sees it grow).
     """
 
-    def __init__(self, dataset: Batch, capacity: int, device):
+    def __init__(self, dataset: Batch, capacity: int, device, members: int = 1):
         n = len(dataset.rewards)
         if capacity < n:
             raise UserError(f"--buffer-size {capacity:,} is smaller than the dataset ({n:,} transitions); "
                             f"use at least {n:,} (the paper: 2,000,000, room for 1M online steps after 1M data)")
-        self.data = Batch(*(torch.zeros((capacity, *x.shape[1:]), dtype=x.dtype, device=device) for x in dataset))
+        self.n_data, self.room, self.members = n, capacity - n, members
+        self.data = Batch(*(torch.zeros((n + members * self.room, *x.shape[1:]), dtype=x.dtype, device=device)
+                            for x in dataset))
         for slot, x in zip(self.data, dataset):
             slot[:n] = x.to(device)
-        self.capacity, self.next, self.count, self.n_data = capacity, n % capacity, n, n
-        self.size = torch.tensor(n, device=device)
+        self.next, self.online = 0, 0  # the next online slot, and the online rows each member holds
+        self.size = torch.tensor(n, device=device)  # the rows each member samples from
+        self.offset = torch.arange(members, device=device)[:, None] * self.room  # member m's online rows: n + offset
 
-    def add(self, obs, action, reward: float, next_obs, mask: float):
-        """Write one transition into the next slot (over the oldest once full), without waiting for the device."""
-        i, data = self.next, self.data
-        for slot, x in zip((data.observations, data.actions, data.next_observations), (obs, action, next_obs)):
-            slot[i].copy_(torch.from_numpy(np.asarray(x)), non_blocking=True)
-        data.rewards[i], data.masks[i] = reward, mask
-        self.next = (self.next + 1) % self.capacity
-        self.count = min(self.count + 1, self.capacity)
+    @property
+    def count(self) -> int:
+        return self.n_data + self.online
+
+    def add(self, obs, action, reward, next_obs, mask):
+        """Write each member's transition (each argument: one per member, along a leading axis) into its next slot,
+        without waiting for the device."""
+        if self.room == 0:
+            raise UserError("--buffer-size leaves no room for online transitions: make it larger than the dataset")
+        rows = self.n_data + np.arange(self.members) * self.room + self.next
+        for slot, x in zip(self.data, (obs, action, reward, next_obs, mask)):
+            x = torch.as_tensor(np.asarray(x, dtype=np.float32)).reshape(self.members, *slot.shape[1:])
+            slot[rows] = x.to(slot.device, non_blocking=True)
+        self.next = (self.next + 1) % self.room
+        self.online = min(self.online + 1, self.room)
         self.size.fill_(self.count)
 
     def state_dict(self) -> dict:
-        """The fill state and what was added online (the dataset part comes back from the data); everything once
-        the buffer has wrapped around. The rows are copied: torch.save of a slice (a view) writes its whole storage."""
-        low = self.n_data if self.count < self.capacity else 0
-        return {"next": self.next, "count": self.count, "low": low,
-                "rows": {name: x[low:self.count].to("cpu", copy=True) for name, x in zip(Batch._fields, self.data)}}
+        """The fill state and each member's online rows (the dataset part comes back from the data). The rows are
+        copied: torch.save of a slice (a view) writes its whole storage."""
+        return {"next": self.next, "online": self.online, "rows": {name: x[self.n_data:].view(
+            self.members, self.room, *x.shape[1:])[:, :self.online].to("cpu", copy=True)
+            for name, x in zip(Batch._fields, self.data)}}
 
     def load_state_dict(self, state: dict):
         for name, slot in zip(Batch._fields, self.data):
-            slot[state["low"]:state["count"]] = state["rows"][name].to(slot.device)
-        self.next, self.count = state["next"], state["count"]
+            slot[self.n_data:].view(self.members, self.room, *slot.shape[1:])[:, :state["online"]] = \
+                state["rows"][name].to(slot.device)
+        self.next, self.online = state["next"], state["online"]
         self.size.fill_(self.count)
 
     def sample(self, batch_size: int) -> Batch:
-        # randint over [0, 2^62) modulo the size: uniform up to a bias of size / 2^62
-        idx = torch.randint(2**62, (1, batch_size), device=self.size.device) % self.size  # one member
+        # randint over [0, 2^62) modulo the size: uniform up to a bias of size / 2^62; rows past the dataset are the
+        # member's own online rows
+        idx = torch.randint(2**62, (self.members, batch_size), device=self.size.device) % self.size
+        idx = torch.where(idx < self.n_data, idx, idx + self.offset)
         return Batch(*(x[idx] for x in self.data))
 
 

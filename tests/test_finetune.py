@@ -26,10 +26,28 @@ def test_buffer_prefill_append_and_wrap_around():
     np.testing.assert_array_equal(buffer.data.rewards.numpy(), [0, 1, 2, 3, 4, 5, 6])
     np.testing.assert_array_equal(buffer.data.next_observations[6].numpy(), [6.5, 6.5, 6.5])
     assert buffer.data.masks[6].item() == 0.0 and buffer.count == 7
-    for r in (7, 8):  # full: the oldest (dataset) transitions are overwritten first
+    for r in (7, 8):  # full: the oldest online transitions are overwritten; the dataset stays
         buffer.add(np.full(3, r), np.zeros(2), float(r), np.full(3, r), 1.0)
-    np.testing.assert_array_equal(buffer.data.rewards.numpy(), [7, 8, 2, 3, 4, 5, 6])
-    assert buffer.count == 7 and buffer.size.item() == 7 and buffer.next == 2
+    np.testing.assert_array_equal(buffer.data.rewards.numpy(), [0, 1, 2, 3, 4, 7, 8])
+    assert buffer.count == 7 and buffer.size.item() == 7 and buffer.next == 0
+
+
+def test_buffer_members_share_the_dataset_and_keep_their_own_online_rows(tmp_path):
+    """Two members: one copy of the dataset, then each member's online part; a member's batches come from the
+    dataset and its own online rows only."""
+    torch.manual_seed(0)
+    buffer = ft.ReplayBuffer(indexed_data(5), capacity=8, device="cpu", members=2)
+    assert len(buffer.data.rewards) == 5 + 2 * 3
+    for r in (10, 11):  # member 0 stores 10, 11; member 1 stores 20, 21
+        buffer.add(np.stack([np.full(3, r), np.full(3, r + 10)]), np.zeros((2, 2)), [r, r + 10],
+                   np.zeros((2, 3)), [1.0, 1.0])
+    np.testing.assert_array_equal(buffer.data.rewards.numpy(), [0, 1, 2, 3, 4, 10, 11, 0, 20, 21, 0])
+    batch = buffer.sample(4000).rewards
+    assert set(batch[0].tolist()) == {0, 1, 2, 3, 4, 10, 11} and set(batch[1].tolist()) == {0, 1, 2, 3, 4, 20, 21}
+    torch.save(buffer.state_dict(), tmp_path / "buffer.pt")
+    fresh = ft.ReplayBuffer(indexed_data(5), capacity=8, device="cpu", members=2)
+    fresh.load_state_dict(torch.load(tmp_path / "buffer.pt"))
+    assert torch.equal(fresh.data.rewards, buffer.data.rewards) and fresh.count == 7 and fresh.next == 2
 
 
 def test_buffer_checkpoint_size_follows_the_online_rows(tmp_path):
