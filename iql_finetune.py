@@ -24,6 +24,7 @@ iql_continuous.py. What this script adds: the replay buffer, the online environm
 
 import contextlib
 import copy
+import itertools
 import io
 import math
 import os
@@ -61,7 +62,10 @@ class Args:
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
     """the name of this experiment (part of the run name)"""
     seed: int = 1
-    """seed of the experiment (torch, numpy, random, the online env, evaluation episodes)"""
+    """seed of the experiment (torch, numpy, random, the online env, evaluation episodes); a population's first
+    member's"""
+    num_seeds: int = 1
+    """train this many runs at once, with seeds seed, seed+1, ...: one population (see `population`)"""
     torch_deterministic: bool = True
     """if toggled, `torch.backends.cudnn.deterministic=True` (CleanRL's flag; no cuDNN kernel runs here)"""
     cuda: bool = True
@@ -103,11 +107,11 @@ class Args:
     tau: float = 0.005
     """Polyak rate of the target critics (IK's name; the paper's tau is the expectile)"""
     expectile: Optional[list[float]] = None
-    """expectile of the value regression (0.5 = mean, towards 1 = max over dataset actions); one value here (sweeps:
-    the offline scripts); None: domain default"""
+    """expectile of the value regression (0.5 = mean, towards 1 = max over dataset actions); several values are a
+    sweep; None: domain default"""
     temperature: Optional[list[float]] = None
-    """inverse temperature beta of the advantage weights (0 is behaviour cloning); one value here; None: domain
-    default"""
+    """inverse temperature beta of the advantage weights (0 is behaviour cloning); several values are a sweep; None:
+    domain default"""
     max_weight: float = 100.0
     """upper clip of the advantage weights exp(beta * A)"""
     dropout: Optional[float] = None
@@ -337,6 +341,16 @@ class Member(NamedTuple):
     temperature: float
 
 
+def population(args: Args) -> list[Member]:
+    """Every combination of the --expectile and --temperature values, each with seeds seed, seed+1, ..."""
+    members = []
+    for expectile, temperature, i in itertools.product(args.expectile, args.temperature, range(args.num_seeds)):
+        name = f"seed{args.seed + i}" + (f"-expectile{expectile}" if len(args.expectile) > 1 else "")
+        members.append(Member(name + (f"-temperature{temperature}" if len(args.temperature) > 1 else ""),
+                              args.seed + i, expectile, temperature))
+    return members
+
+
 def make_networks(obs_dim: int, act_dim: int, args: Args, device, lr_decay_steps: Optional[int],
                   members: list[Member]) -> Networks:
     """The members' networks, stacked, their Adam optimisers (torch defaults: IK has no weight decay or clipping) and
@@ -476,18 +490,20 @@ class ReplayBuffer:
 def explore(actor: Actor, obs: torch.Tensor) -> torch.Tensor:
     """Online action: a sample of the Gaussian policy, clipped to [-1, 1] (IK: temperature 1, then np.clip)."""
     mean, log_std = actor(obs)
-    return (mean + log_std.exp() * torch.randn_like(mean)).clamp(-1.0, 1.0)
+    return (mean + log_std.unsqueeze(-2).exp() * torch.randn_like(mean)).clamp(-1.0, 1.0)
 
 
-def online_step(env, obs, actor: Actor, buffer: ReplayBuffer, observe: Callable, info: dict, device):
-    """One environment step with a sample of the policy, stored in the buffer; returns what env.step returns."""
-    x = observe(obs)
+def online_step(envs: list, obs: list, actor: Actor, buffer: ReplayBuffer, observe: Callable, info: dict, device):
+    """One step in each member's online env with a sample of that member's policy, stored in the buffer; returns
+    what each env.step returns."""
+    x = np.stack([observe(o) for o in obs])
     actor.eval()  # dropout off while acting, as IK samples actions
-    action = explore(actor, torch.as_tensor(x, device=device).view(1, 1, -1)).view(-1).cpu().numpy()  # member 0
+    actions = explore(actor, torch.as_tensor(x, device=device)[:, None]).squeeze(1).cpu().numpy()  # one row a member
     actor.train()
-    next_obs, reward, terminated, truncated, env_info = env.step(action)
-    buffer.add(*online_transition(x, action, reward, observe(next_obs), terminated, info))
-    return next_obs, reward, terminated, truncated, env_info
+    results = [env.step(a) for env, a in zip(envs, actions)]
+    stored = [online_transition(*t, r[1], observe(r[0]), r[2], info) for t, r in zip(zip(x, actions), results)]
+    buffer.add(*(np.stack(column) for column in zip(*stored)))
+    return results
 
 
 # ---- Data: D4RL names, domains, maze and flat datasets -> transition tensors -----------------------------------------
@@ -524,8 +540,9 @@ def check_args(args: Args):
     """Refuse values the algorithm cannot use, before any heavy work."""
     rules = [(0 < e < 1, f"--expectile must be in (0, 1), got {e}") for e in args.expectile or []]
     rules += [(t >= 0, f"--temperature must be >= 0 (0 is behaviour cloning), got {t}") for t in args.temperature or []]
-    rules += [(len(getattr(args, n) or []) <= 1, f"--{n} takes one value here: iql_finetune.py trains one run "
-               "(sweeps and --num-seeds: iql_continuous.py, iql_antmaze.py)") for n in SWEEPABLE]
+    rules += [(getattr(args, n) != [], f"--{n} needs at least one value") for n in SWEEPABLE]
+    rules += [(len(set(getattr(args, n) or [])) == len(getattr(args, n) or []), f"--{n} has a value twice: "
+               f"{getattr(args, n)}") for n in SWEEPABLE]
     rules += [(args.dropout is None or 0 <= args.dropout < 1, f"--dropout must be in [0, 1), got {args.dropout}"),
               (0 <= args.gamma <= 1, f"--gamma must be in [0, 1], got {args.gamma}"),
               (0 < args.tau <= 1, f"--tau must be in (0, 1], got {args.tau}"),
@@ -540,7 +557,7 @@ def check_args(args: Args):
               (args.resume is None or Path(args.resume).is_file(), f"--resume {args.resume}: no such file")]
     rules += [(getattr(args, n) > 0, f"--{n.replace('_', '-')} must be positive, got {getattr(args, n)}") for n in (
         "learning_rate", "max_weight", "buffer_size", "batch_size", "eval_freq", "eval_episodes", "log_freq",
-        "hidden_dim")]
+        "hidden_dim", "num_seeds")]
     for ok, message in rules:
         if not ok:
             raise UserError(message)
@@ -844,8 +861,8 @@ def reference_scores(dataset, env_task: Optional[str]):
     return None, None, "no reference scores in the dataset and no D4RL constants for this env"
 
 
-def make_envs(dataset, maze: bool, num_eval: int, render: bool = False):
-    """The online env and, separately, the vector env of evaluation episodes, both from the dataset's eval spec.
+def make_envs(dataset, maze: bool, members: int, num_eval: int, render: bool = False):
+    """Each member's online env and, separately, the vector env of evaluation episodes, from the dataset's eval spec.
 
     A Minari maze dataset records a continuing task of up to 1e6 steps, on some datasets with a new random goal
     now and then: the wrong env to act in. Its eval spec has the evaluation horizon; with continuing_task=False
@@ -855,7 +872,8 @@ def make_envs(dataset, maze: bool, num_eval: int, render: bool = False):
     spec = env.spec
     env.close()
     overrides = {"continuing_task": False} if maze else {}
-    return gym.make(spec, **overrides), make_eval_envs(spec, num_eval, render=render, **overrides)
+    online = [gym.make(spec, **overrides) for _ in range(members)]
+    return online, make_eval_envs(spec, num_eval, render=render, **overrides)
 
 
 def check_video(envs, seed: int):
@@ -871,19 +889,21 @@ def check_video(envs, seed: int):
 
 
 # ---- Pre-trained weights: the files --save-model writes at each phase end, and --checkpoint loads --------------------
-def save_checkpoint(path: str, networks: Networks, args: Args, step: int, phase: str, obs_dim: int, act_dim: int,
-                    info: dict):
-    """The networks, the optimisers' state and how the data were scaled (not the replay buffer or the env)."""
+def save_checkpoint(path: Path, networks: Networks, args: Args, step: int, phase: str, obs_dim: int, act_dim: int,
+                    info: dict, i: int = 0):
+    """Member i's networks, its optimisers' state (without the member axis) and how the data were scaled (not the
+    replay buffer or the env)."""
     torch.save({"args": asdict(args), "step": step, "phase": phase, "obs_dim": obs_dim, "act_dim": act_dim,
-                "reward_scale": info["reward_scale"], **{n: member_state(getattr(networks, n), 0) for n in NETS},
-                "optimizers": [{i: {k: v if k == "step" else v[0] for k, v in s.items()}  # without the member axis
-                                for i, s in opt.state_dict()["state"].items()} for opt in networks.optimizers]}, path)
+                "reward_scale": info["reward_scale"], **{n: member_state(getattr(networks, n), i) for n in NETS},
+                "optimizers": [{j: {k: v if k == "step" else v[i] for k, v in s.items()}
+                                for j, s in opt.state_dict()["state"].items()} for opt in networks.optimizers]}, path)
     print(f"model saved to {path}")
 
 
 def load_checkpoint(path: str, networks: Networks, args: Args, obs_dim: int, act_dim: int, info: dict) -> int:
-    """Load a --save-model file into the networks (and the optimisers, where it holds their state); returns the
-    number of updates it was trained for. A file from another env or script fails here with one line."""
+    """Load a --save-model file into every member's networks (and optimisers, where it holds their state); returns
+    the number of updates it was trained for. A file from another env or script fails here with one line."""
+    members = len(networks.expectile)
     try:
         ckpt = torch.load(path, map_location=networks.value.net[0].weight.device, weights_only=True)
     except pickle.UnpicklingError:  # more than tensors inside: a checkpoint_{step}.pt keeps random-generator states
@@ -908,13 +928,14 @@ def load_checkpoint(path: str, networks: Networks, args: Args, obs_dim: int, act
                         "would not fit the new targets")
     try:
         for name in NETS:
-            getattr(networks, name).load_state_dict({k: v[None] for k, v in ckpt[name].items()})  # as member 0
+            getattr(networks, name).load_state_dict({k: torch.stack([v] * members) for k, v in ckpt[name].items()})
     except RuntimeError as e:  # e.g. a dropout layer more or less shifts the layer names
         reason = " ".join(str(e).split())[:200]
         raise UserError(f"checkpoint {path} does not fit these networks ({reason})") from None
     if "optimizers" in ckpt:  # the Adam moments; the learning rates and options stay this run's
         for opt, state in zip(networks.optimizers, ckpt["optimizers"]):
-            state = {i: {k: v if k == "step" else v[None] for k, v in s.items()} for i, s in state.items()}
+            state = {i: {k: v if k == "step" else torch.stack([v] * members) for k, v in s.items()}
+                     for i, s in state.items()}
             opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
     else:
         print(f"note: {path} holds no optimiser state (an offline script saved it): Adam starts afresh")
@@ -1087,21 +1108,23 @@ def main(args: Args):
     t0 = time.time()
     data, dataset, info = load_data(args)
     (n, obs_dim), act_dim = data.observations.shape, data.actions.shape[1]
-    buffer = ReplayBuffer(data, args.buffer_size, device)
+    if info["domain"] is None:
+        print(f"note: {dataset.env_spec.id if dataset.env_spec else 'this env'} is none of the known domains: "
+              "the locomotion hyperparameters apply, and its rewards stay unscaled")
+    args, table = with_domain_defaults(args, info["domain"] or "locomotion")
+    members = population(args)
+    buffer = ReplayBuffer(data, args.buffer_size, device, len(members))
     del data
     print(f"loaded {args.env_id}: {n:,} transitions, input {obs_dim}, action {act_dim}, "
           + ("rewards r - 1, terminal at the goal" if info["maze"] else f"reward scale {info['reward_scale']:.4g}")
           + f" ({time.time() - t0:.1f}s); replay buffer of {args.buffer_size:,} on {device}")
     if args.batch_size > n:
         raise UserError(f"--batch-size {args.batch_size} is larger than the dataset ({n} transitions)")
-    if info["domain"] is None:
-        print(f"note: {dataset.env_spec.id if dataset.env_spec else 'this env'} is none of the known domains: "
-              "the locomotion hyperparameters apply, and its rewards stay unscaled")
-    args, table = with_domain_defaults(args, info["domain"] or "locomotion")
     print("hyperparameters:\n" + "\n".join(table))
 
-    env, envs = make_envs(dataset, info["maze"], args.eval_episodes, render=args.capture_video)
-    eval_spec = envs.envs[0].spec
+    online_envs, envs = make_envs(dataset, info["maze"], len(members), len(members) * args.eval_episodes,
+                                  render=args.capture_video)
+    env, eval_spec = online_envs[0], envs.envs[0].spec
     if not (np.all(env.action_space.low == -1) and np.all(env.action_space.high == 1)):
         raise UserError(f"{eval_spec.id} has actions in [{env.action_space.low}, {env.action_space.high}]; "
                         "the tanh policy here acts in [-1, 1]")
@@ -1112,8 +1135,7 @@ def main(args: Args):
           + ("" if ref_min is not None else ": logging the return only"))
     if args.capture_video:
         check_video(envs, args.seed)
-    eval_rng = np.random.default_rng(args.seed)  # fresh, reproducible episode seeds for every evaluation
-    members = [Member("", args.seed, args.expectile[0], args.temperature[0])]  # one run (populations: offline only)
+    eval_rngs = [np.random.default_rng(m.seed) for m in members]  # fresh, reproducible episode seeds per evaluation
     observe = partial(network_input, goal_input=args.goal_input)
 
     networks = make_networks(obs_dim, act_dim, args, device, None, members)  # constant rates (IK fine-tune)
@@ -1122,9 +1144,9 @@ def main(args: Args):
     train_step = make_train_step(lambda: buffer.sample(args.batch_size), networks, args, mode)
 
     # Updates are counted over both phases: 1..offline_end on the dataset, then online_steps more online.
-    start, evaluations, episodes = 0, [], 0  # evaluations: (step, return, normalised score, success, summary)
-    if state is not None:
-        start, evaluations = restore_state(state, networks, [eval_rng])
+    start, evaluations, episodes = 0, [[] for _ in members], [0] * len(members)  # evaluations: each member's (step,
+    if state is not None:  # return, normalised score, success, summary)
+        start, evaluations = restore_state(state, networks, eval_rngs)
         buffer.load_state_dict(state["buffer"])
         offline_end, episodes = state["offline_end"], state["online_episodes"]
     else:
@@ -1134,80 +1156,104 @@ def main(args: Args):
         offline_end = start if args.checkpoint else args.offline_steps
     end = offline_end + args.online_steps
 
-    (writer,) = make_writers(args, run_dir, start, device, {
+    writers = make_writers(args, run_dir, start, device, {
         "domain defaults": "\n".join(table),
         "dataset": f"{args.env_id} -> {', '.join(info['dataset_ids'])}; {n} transitions; reward scale "
                    f"{info['reward_scale']}; scores from {ref_source}; online phase from update {offline_end}"},
         members)
+    key = 3 if info["maze"] else 2 if ref_min is not None else 1  # what a member is scored by
+    name = ("success rate", "normalized", "return")[3 - key]
 
     def evaluate_and_log(step: int):
         frames = [] if args.capture_video else None
-        seeds = eval_rng.integers(2**31, size=args.eval_episodes).tolist()
+        seeds = [s for rng in eval_rngs for s in rng.integers(2**31, size=args.eval_episodes).tolist()]
         returns, reached = evaluate(actor, envs, seeds, device, observe, frames)
         if frames:
             from gymnasium.utils.save_video import save_video
 
             save_video(frames, f"videos/{run_dir.name}", fps=envs.envs[0].metadata["render_fps"],
                        name_prefix=f"eval-step-{step}", episode_trigger=lambda _: True)
-        writer.add_scalar("charts/episodic_return", returns.mean(), step)
-        summary = f"return {returns.mean():.2f}"
-        score = success = None
-        if info["maze"]:
-            success = reached.mean()
-            writer.add_scalar("charts/success_rate", success, step)
-            summary += f", success {success:.2f} ({reached.sum()}/{len(reached)})"
-        if ref_min is not None:
-            score = 100 * (success if info["maze"] else (returns.mean() - ref_min) / (ref_max - ref_min))
-            writer.add_scalar("charts/normalized_score", score, step)
-            summary += f", normalized {score:.2f}"
-        evaluations.append((step, returns.mean(), score, success, summary))
-        print(f"evaluation at step {step:,} ({'online' if step > offline_end else 'offline'}): {summary}", flush=True)
+        for member, writer, r, done, member_evaluations in zip(members, writers, returns.reshape(len(members), -1),
+                                                               reached.reshape(len(members), -1), evaluations):
+            writer.add_scalar("charts/episodic_return", r.mean(), step)
+            summary, score, success = f"return {r.mean():.2f}", None, None
+            if info["maze"]:
+                success = done.mean()
+                writer.add_scalar("charts/success_rate", success, step)
+                summary += f", success {success:.2f} ({done.sum()}/{len(done)})"
+            if ref_min is not None:
+                score = 100 * (success if info["maze"] else (r.mean() - ref_min) / (ref_max - ref_min))
+                writer.add_scalar("charts/normalized_score", score, step)
+                summary += f", normalized {score:.2f}"
+            member_evaluations.append((step, r.mean(), score, success, summary))
+            print(f"evaluation at step {step:,} ({'online' if step > offline_end else 'offline'}): {summary}"
+                  + (f"  {member.name}" if len(members) > 1 else ""), flush=True)
+
+    def last_evaluation():
+        if not evaluations[0]:
+            return "none yet"
+        scores = sorted(e[-1][key] for e in evaluations)
+        return evaluations[0][-1][4] if len(members) == 1 else \
+            f"{name} best member {scores[-1]:.2f}, worst {scores[0]:.2f}"
 
     phase_start, phase_time = start, time.time()
 
     def phase_change(step: int):
         nonlocal phase_start, phase_time
-        writer.add_scalar("charts/online_start_step", step, step)
+        for writer in writers:
+            writer.add_scalar("charts/online_start_step", step, step)
         print(f"offline phase done after {step:,} updates ({step - start:,} in this run, "
               f"{time.time() - phase_time:.0f}s); online phase: {args.online_steps:,} steps", flush=True)
         if args.save_model and step > start:
-            save_checkpoint(str(run_dir / f"{args.exp_name}_offline.pt"), networks, args, step, "offline",
-                            obs_dim, act_dim, info)
+            for i, member in enumerate(members):
+                save_checkpoint(member_folder(member) / f"{args.exp_name}_offline.pt", networks, member_args(member),
+                                step, "offline", obs_dim, act_dim, info, i)
         phase_start, phase_time = step, time.time()
+
+    def member_folder(member):  # where a member's files go: the run folder itself for a single run
+        return run_dir if len(members) == 1 else run_dir / member.name
+
+    def member_args(member):  # the Args of a member's own run, as a --save-model file keeps them
+        return replace(args, seed=member.seed, num_seeds=1, expectile=[member.expectile],
+                       temperature=[member.temperature])
 
     if offline_end == start and state is None:  # the online phase starts right away: evaluate its first policy
         evaluate_and_log(start)
         phase_change(start)
-    # A run resumed inside the online phase starts a new episode (the simulator's state is not saved), on its own seed.
-    obs, _ = env.reset(seed=args.seed if start <= offline_end else args.seed + start)
-    episode_return, episode_length = 0.0, 0
+    # A run resumed inside the online phase starts new episodes (the simulator's state is not saved), on new seeds.
+    obs = [e.reset(seed=m.seed if start <= offline_end else m.seed + start)[0] for e, m in zip(online_envs, members)]
+    episode_return, episode_length = np.zeros(len(members)), np.zeros(len(members), dtype=int)
     stop = StopSignal()
     for step in range(start + 1, end + 1):
-        if step > offline_end:  # online: one env step with a sample of the policy, stored in the buffer
-            obs, reward, terminated, truncated, env_info = online_step(env, obs, actor, buffer, observe, info, device)
-            episode_return, episode_length = episode_return + reward, episode_length + 1
-            if terminated or truncated:
-                episodes += 1
-                writer.add_scalar("charts/online_return", episode_return, step)
-                writer.add_scalar("charts/online_length", episode_length, step)
-                writer.add_scalar("charts/online_episodes", episodes, step)
-                if info["maze"]:
-                    writer.add_scalar("charts/online_success", float(env_info.get("success", False)), step)
-                obs, _ = env.reset()
-                episode_return, episode_length = 0.0, 0
+        if step > offline_end:  # online: one env step per member with a sample of its policy, stored in the buffer
+            results = online_step(online_envs, obs, actor, buffer, observe, info, device)
+            for i, (env, writer, (next_obs, reward, terminated, truncated, env_info)) in enumerate(
+                    zip(online_envs, writers, results)):
+                episode_return[i], episode_length[i] = episode_return[i] + reward, episode_length[i] + 1
+                if terminated or truncated:
+                    episodes[i] += 1
+                    writer.add_scalar("charts/online_return", episode_return[i], step)
+                    writer.add_scalar("charts/online_length", episode_length[i], step)
+                    writer.add_scalar("charts/online_episodes", episodes[i], step)
+                    if info["maze"]:
+                        writer.add_scalar("charts/online_success", float(env_info.get("success", False)), step)
+                    next_obs, _ = env.reset()
+                    episode_return[i], episode_length[i] = 0.0, 0
+                obs[i] = next_obs
 
         metrics = train_step()
 
         if step % args.log_freq == 0:
             losses = dict(zip(metrics, torch.stack(list(metrics.values())).tolist()))  # the one host sync
             check_finite(losses, step, members)
-            for tag, (v,) in losses.items():
-                writer.add_scalar(tag, v, step)
-            writer.add_scalar("charts/actor_lr", args.learning_rate, step)
-            writer.add_scalar("charts/buffer_size", buffer.count, step)
             rate = (step - phase_start) / (time.time() - phase_time)
-            writer.add_scalar("charts/SPS", int(rate), step)
-            print(progress_line(step, end, rate, evaluations[-1][4] if evaluations else "none yet"), flush=True)
+            for i, writer in enumerate(writers):
+                for tag, values in losses.items():
+                    writer.add_scalar(tag, values[i], step)
+                writer.add_scalar("charts/actor_lr", args.learning_rate, step)
+                writer.add_scalar("charts/buffer_size", buffer.count, step)
+                writer.add_scalar("charts/SPS", int(rate), step)
+            print(progress_line(step, end, rate, last_evaluation(), len(members)), flush=True)
 
         if step % args.eval_freq == 0 or step in (offline_end, end):
             evaluate_and_log(step)
@@ -1218,33 +1264,30 @@ def main(args: Args):
         stopping = stop.name is not None and step < end
         if stopping or (args.checkpoint_freq and (step % args.checkpoint_freq == 0 or step in (offline_end, end))):
             extra = {"offline_end": offline_end, "online_episodes": episodes, "buffer": buffer.state_dict()}
-            path = save_state(str(run_dir / f"checkpoint_{step}.pt"), step, networks, given_args, [eval_rng],
+            path = save_state(str(run_dir / f"checkpoint_{step}.pt"), step, networks, given_args, eval_rngs,
                               evaluations, extra)
             if stopping:
-                writer.close()
-                env.close()
-                envs.close()
+                for closing in (*writers, *online_envs, envs):
+                    closing.close()
                 stop.exit(step, path, args)
 
-    # The evaluations at the phase change and at the end; the best one (selected on the evaluations themselves,
-    # so optimistic) is labelled as such.
-    key = 3 if info["maze"] else 2 if ref_min is not None else 1
-    name = ("success rate", "normalized", "return")[3 - key]
-    at_change = next(e for e in evaluations if e[0] == offline_end)
-    final, best = evaluations[-1], max(evaluations, key=lambda e: e[key])
-    line = f"offline end (step {at_change[0]:,}): {name} {at_change[key]:.2f}"
-    if args.online_steps > 0:
-        line += f"; online end (step {final[0]:,}): {name} {final[key]:.2f} over {episodes} online episodes"
-    print(f"{line}; best evaluation (step {best[0]:,}): {best[key]:.2f}")
-
-    if args.save_model and args.online_steps > 0:
-        save_checkpoint(str(run_dir / f"{args.exp_name}_online.pt"), networks, args, end, "online", obs_dim,
-                        act_dim, info)
-    elif args.save_model and end == start:
+    # Each member's evaluations at the phase change and at the end; its best one (selected on the evaluations
+    # themselves, so optimistic) is labelled as such.
+    for i, (member, member_evaluations) in enumerate(zip(members, evaluations)):
+        at_change = next(e for e in member_evaluations if e[0] == offline_end)
+        final, best = member_evaluations[-1], max(member_evaluations, key=lambda e: e[key])
+        line = f"offline end (step {at_change[0]:,}): {name} {at_change[key]:.2f}"
+        if args.online_steps > 0:
+            line += f"; online end (step {final[0]:,}): {name} {final[key]:.2f} over {episodes[i]} online episodes"
+        print((f"{member.name}: " if len(members) > 1 else "") + f"{line}; best evaluation (step {best[0]:,}): "
+              f"{best[key]:.2f}")
+        if args.save_model and args.online_steps > 0:
+            save_checkpoint(member_folder(member) / f"{args.exp_name}_online.pt", networks, member_args(member), end,
+                            "online", obs_dim, act_dim, info, i)
+    if args.save_model and end == start:
         print("note: --save-model saved nothing: this run made no updates")
-    env.close()
-    envs.close()
-    writer.close()
+    for closing in (*writers, *online_envs, envs):
+        closing.close()
 
 
 if __name__ == "__main__":

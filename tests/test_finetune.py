@@ -148,7 +148,8 @@ def test_online_step_stores_mask_0_on_a_fall_and_1_on_a_time_limit():
         obs, _ = env.reset(seed=0)
         rewards, terminated, truncated = [], False, False
         while not (terminated or truncated):
-            obs, reward, terminated, truncated, _ = ft.online_step(env, obs, actor, buffer, observe, info, "cpu")
+            ((obs, reward, terminated, truncated, _),) = ft.online_step([env], [obs], actor, buffer, observe, info,
+                                                                        "cpu")
             rewards.append(reward)
         n = len(rewards)
         assert terminated == (expect_mask == 0.0) and buffer.count == 1 + n

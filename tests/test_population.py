@@ -153,3 +153,37 @@ def test_track_makes_one_wandb_run_with_the_members_under_their_names(minari_roo
     assert [c[0] for c in calls] == ["patch", "init"]
     assert calls[0][1]["root_logdir"] == str(run_dir.relative_to(tmp_path)) and not calls[1][1]["sync_tensorboard"]
     assert sorted(p.name for p in run_dir.iterdir() if p.is_dir()) == ["seed1", "seed2"]
+
+
+def test_finetune_population_members_act_and_store_apart(maze_root, tmp_path):
+    """iql_finetune.py with two members that differ only in member 1's temperature, twice with another value for it:
+    member 0's online episodes and its saved networks are the same in both runs; each member logs its own online
+    episodes and saves its own files, which load into a plain Actor."""
+    import iql_finetune as ft
+
+    saved = {}
+    for t in ("1.0", "5.0"):
+        (tmp_path / t).mkdir()
+        run_main("iql_finetune", tmp_path / t, "--env-id", "test/pointmaze/random-v0", "--offline-steps", "20",
+                 "--online-steps", "70", "--eval-freq", "1000", "--eval-episodes", "1", "--hidden-dim", "16",
+                 "--batch-size", "16", "--log-freq", "10", "--temperature", "10.0", t, "--save-model",
+                 "--exp-name", "ft", "--checkpoint-freq", "0", "--no-cuda")
+        (run_dir,) = (tmp_path / t / "runs").iterdir()
+        names = sorted(p.name for p in run_dir.iterdir())
+        assert names == sorted(["seed1-temperature10.0", f"seed1-temperature{t}"])
+        for name in names:
+            logged = scalars(run_dir / name)
+            assert [v for _, v in logged["charts/online_episodes"]] == [1.0]  # the 60-step eval horizon
+            assert sorted(p.name for p in (run_dir / name).glob("*.pt")) == ["ft_offline.pt", "ft_online.pt"]
+        saved[t] = {name: torch.load(run_dir / name / "ft_online.pt", weights_only=False) for name in names}
+        saved[t]["online_return"] = scalars(run_dir / "seed1-temperature10.0")["charts/online_return"]
+    a, b = saved["1.0"]["seed1-temperature10.0"], saved["5.0"]["seed1-temperature10.0"]
+    for name in ("actor", "critic", "target_critic", "value"):
+        for k, v in a[name].items():
+            assert torch.equal(v, b[name][k]), (name, k)
+    assert saved["1.0"]["online_return"] == saved["5.0"]["online_return"]
+    assert not torch.equal(saved["1.0"]["seed1-temperature1.0"]["actor"]["log_std"],
+                           saved["5.0"]["seed1-temperature5.0"]["actor"]["log_std"])
+    actor = ft.Actor(a["obs_dim"], a["act_dim"], a["args"]["hidden_dim"], a["args"]["dropout"])
+    actor.load_state_dict(a["actor"])
+    assert a["args"]["temperature"] == [10.0] and actor.act(torch.zeros(a["obs_dim"])).shape == (2,)

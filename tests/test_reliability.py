@@ -166,6 +166,8 @@ def assert_same_training_state(a: dict, b: dict):
     # fine-tuning: resumed from the checkpoint at the offline/online boundary, then 100 online steps
     ("iql_finetune", "test/pointmaze/random-v0", ["--offline-steps", "100", "--online-steps", "100",
                                                   "--checkpoint-freq", "1000"], 100),
+    ("iql_finetune", "test/pointmaze/random-v0", ["--offline-steps", "100", "--online-steps", "60",
+                                                  "--checkpoint-freq", "1000", "--num-seeds", "2"], 100),  # a population
 ])
 def test_resumed_run_ends_bit_identical(maze_root, tmp_path, capsys, script, dataset_id, flags, middle):
     common = ["--env-id", dataset_id, "--eval-freq", "100", "--eval-episodes", "2", "--hidden-dim", "32",
@@ -194,7 +196,8 @@ def test_resumed_run_ends_bit_identical(maze_root, tmp_path, capsys, script, dat
         for k in a["buffer"]["rows"]:
             assert torch.equal(a["buffer"]["rows"][k], b["buffer"]["rows"][k])
     # TensorBoard continues without repeating steps: the resumed folder's log starts after the checkpoint.
-    logged = scalars(resumed_dir / "seed2-temperature3.0" if "--num-seeds" in flags else resumed_dir)
+    logged = scalars(resumed_dir / ("seed2" if script == "iql_finetune" else "seed2-temperature3.0")
+                     if "--num-seeds" in flags else resumed_dir)
     assert min(s for s, _ in logged["losses/q_loss"]) > middle
 
 
