@@ -54,7 +54,7 @@ BAD_INPUTS = [  # (script, flags, the message's telling part): every bad input a
     ("iql_continuous", HOPPER + ["--num-seeds", "0"], "--num-seeds must be positive, got 0"),
     ("iql_continuous", HOPPER + ["--expectile", "0.7", "0.7"], "--expectile has a value twice: [0.7, 0.7]"),
     ("iql_antmaze", MAZE + ["--expectile"], "--expectile needs at least one value"),
-    ("iql_finetune", MAZE + ["--expectile", "0.7", "0.9"], "--expectile takes one value here: iql_finetune.py trains"),
+    ("iql_finetune", MAZE + ["--temperature", "1", "1"], "--temperature has a value twice: [1.0, 1.0]"),
     ("iql_continuous", HOPPER + ["--batch-size", "100000"], "--batch-size 100000 is larger than the dataset (333"),
     ("iql_continuous", HOPPER + ["--total-steps", "0"], "--total-steps must be positive, got 0"),
     ("iql_finetune", MAZE + ["--offline-steps", "-5"], "--offline-steps must be >= 0, got -5"),
