@@ -736,7 +736,7 @@ def run_folder(args: Args):
                         "resume)")
     if state.get("script", script) != script:  # older checkpoints carry no name: their settings are checked below
         raise UserError(f"{path} was written by {state['script']}, not {script}: resume it with {state['script']}")
-    if any(isinstance(state["args"].get(n), float) for n in SWEEPABLE):
+    if "num_seeds" not in state["args"]:
         raise UserError(f"{path} was written before populations (commit 05cdb50 or earlier): its networks have no "
                         "member axis, and this version cannot resume it")
     unknown = sorted(set(state["args"]) - {f.name for f in fields(Args)})

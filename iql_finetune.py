@@ -97,7 +97,8 @@ class Args:
     online_steps: int = 1_000_000
     """online steps after pre-training: one environment step and one gradient update each"""
     buffer_size: int = 2_000_000
-    """replay buffer capacity (dataset + online transitions); the oldest are overwritten beyond it"""
+    """replay buffer capacity of each member (the dataset, shared, + its online transitions); beyond it the oldest
+    online ones are overwritten"""
     batch_size: int = 256
     """transitions per update"""
     learning_rate: float = 3e-4
@@ -433,12 +434,17 @@ class ReplayBuffer:
     too, so sampling never waits for the host (and a CUDA graph sees it grow).
     """
 
-    def __init__(self, dataset: Batch, capacity: int, device, members: int = 1):
+    def __init__(self, dataset: Batch, capacity: int, device, members: int = 1, online_steps: Optional[int] = None):
         n = len(dataset.rewards)
         if capacity < n:
             raise UserError(f"--buffer-size {capacity:,} is smaller than the dataset ({n:,} transitions); "
                             f"use at least {n:,} (the paper: 2,000,000, room for 1M online steps after 1M data)")
-        self.n_data, self.room, self.members = n, capacity - n, members
+        if capacity == n and online_steps:
+            raise UserError(f"--buffer-size {capacity:,} leaves no room beside the dataset for online transitions: "
+                            "make it larger")
+        # Room for at most the online steps a run makes: the same samples, without the unused rows.
+        self.n_data, self.members = n, members
+        self.room = capacity - n if online_steps is None else min(capacity - n, online_steps)
         self.data = Batch(*(torch.zeros((n + members * self.room, *x.shape[1:]), dtype=x.dtype, device=device)
                             for x in dataset))
         for slot, x in zip(self.data, dataset):
@@ -454,12 +460,9 @@ class ReplayBuffer:
     def add(self, obs, action, reward, next_obs, mask):
         """Write each member's transition (each argument: one per member, along a leading axis) into its next slot,
         without waiting for the device."""
-        if self.room == 0:
-            raise UserError("--buffer-size leaves no room for online transitions: make it larger than the dataset")
-        rows = self.n_data + np.arange(self.members) * self.room + self.next
         for slot, x in zip(self.data, (obs, action, reward, next_obs, mask)):
             x = torch.as_tensor(np.asarray(x, dtype=np.float32)).reshape(self.members, *slot.shape[1:])
-            slot[rows] = x.to(slot.device, non_blocking=True)
+            slot[self.n_data:].view(self.members, self.room, *slot.shape[1:])[:, self.next].copy_(x, non_blocking=True)
         self.next = (self.next + 1) % self.room
         self.online = min(self.online + 1, self.room)
         self.size.fill_(self.count)
@@ -895,7 +898,7 @@ def save_checkpoint(path: Path, networks: Networks, args: Args, step: int, phase
     replay buffer or the env)."""
     torch.save({"args": asdict(args), "step": step, "phase": phase, "obs_dim": obs_dim, "act_dim": act_dim,
                 "reward_scale": info["reward_scale"], **{n: member_state(getattr(networks, n), i) for n in NETS},
-                "optimizers": [{j: {k: v if k == "step" else v[i] for k, v in s.items()}
+                "optimizers": [{j: {k: v if k == "step" else v[i].clone() for k, v in s.items()}
                                 for j, s in opt.state_dict()["state"].items()} for opt in networks.optimizers]}, path)
     print(f"model saved to {path}")
 
@@ -931,7 +934,8 @@ def load_checkpoint(path: str, networks: Networks, args: Args, obs_dim: int, act
             getattr(networks, name).load_state_dict({k: torch.stack([v] * members) for k, v in ckpt[name].items()})
     except RuntimeError as e:  # e.g. a dropout layer more or less shifts the layer names
         reason = " ".join(str(e).split())[:200]
-        raise UserError(f"checkpoint {path} does not fit these networks ({reason})") from None
+        raise UserError(f"checkpoint {path} does not fit these networks ({reason}); files from before the member "
+                        "axis (commit 05cdb50 or earlier) store their layers as (out, in) and do not load") from None
     if "optimizers" in ckpt:  # the Adam moments; the learning rates and options stay this run's
         for opt, state in zip(networks.optimizers, ckpt["optimizers"]):
             state = {i: {k: v if k == "step" else torch.stack([v] * members) for k, v in s.items()}
@@ -1008,7 +1012,7 @@ def run_folder(args: Args):
                         "resume)")
     if state.get("script", script) != script:  # older checkpoints carry no name: their settings are checked below
         raise UserError(f"{path} was written by {state['script']}, not {script}: resume it with {state['script']}")
-    if any(isinstance(state["args"].get(n), float) for n in SWEEPABLE):
+    if "num_seeds" not in state["args"]:
         raise UserError(f"{path} was written before populations (commit 05cdb50 or earlier): its networks have no "
                         "member axis, and this version cannot resume it")
     unknown = sorted(set(state["args"]) - {f.name for f in fields(Args)})
@@ -1113,7 +1117,7 @@ def main(args: Args):
               "the locomotion hyperparameters apply, and its rewards stay unscaled")
     args, table = with_domain_defaults(args, info["domain"] or "locomotion")
     members = population(args)
-    buffer = ReplayBuffer(data, args.buffer_size, device, len(members))
+    buffer = ReplayBuffer(data, args.buffer_size, device, len(members), args.online_steps)
     del data
     print(f"loaded {args.env_id}: {n:,} transitions, input {obs_dim}, action {act_dim}, "
           + ("rewards r - 1, terminal at the goal" if info["maze"] else f"reward scale {info['reward_scale']:.4g}")
@@ -1284,7 +1288,7 @@ def main(args: Args):
         if args.save_model and args.online_steps > 0:
             save_checkpoint(member_folder(member) / f"{args.exp_name}_online.pt", networks, member_args(member), end,
                             "online", obs_dim, act_dim, info, i)
-    if args.save_model and end == start:
+    if args.save_model and end == start and args.online_steps == 0:
         print("note: --save-model saved nothing: this run made no updates")
     for closing in (*writers, *online_envs, envs):
         closing.close()

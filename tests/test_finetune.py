@@ -269,3 +269,13 @@ def test_offline_checkpoint_loads_with_fresh_optimisers(continuous_run, capsys):
     ckpt = torch.load(hopper_checkpoint, weights_only=True)
     torch.testing.assert_close(nets.actor.state_dict()["log_std"], ckpt["actor"]["log_std"][None])
     assert "Adam starts afresh" in capsys.readouterr().out
+
+
+def test_buffer_room_is_what_the_online_steps_need():
+    """Room for the online steps a run makes, no more (the same samples, less memory); none for an offline run; a
+    buffer the size of the dataset cannot take online steps and says so before training."""
+    assert ft.ReplayBuffer(indexed_data(5), capacity=100, device="cpu", members=3, online_steps=4).room == 4
+    offline = ft.ReplayBuffer(indexed_data(5), capacity=100, device="cpu", members=3, online_steps=0)
+    assert offline.room == 0 and len(offline.data.rewards) == 5 and offline.state_dict()["rows"]["rewards"].numel() == 0
+    with pytest.raises(ft.UserError, match="leaves no room beside the dataset"):
+        ft.ReplayBuffer(indexed_data(5), capacity=5, device="cpu", online_steps=1)

@@ -184,6 +184,8 @@ def test_finetune_population_members_act_and_store_apart(maze_root, tmp_path):
     assert saved["1.0"]["online_return"] == saved["5.0"]["online_return"]
     assert not torch.equal(saved["1.0"]["seed1-temperature1.0"]["actor"]["log_std"],
                            saved["5.0"]["seed1-temperature5.0"]["actor"]["log_std"])
+    for state in a["optimizers"][0].values():  # the member's own Adam moments, not the population's whole storage
+        assert state["exp_avg"].untyped_storage().nbytes() == 4 * state["exp_avg"].numel()
     actor = ft.Actor(a["obs_dim"], a["act_dim"], a["args"]["hidden_dim"], a["args"]["dropout"])
     actor.load_state_dict(a["actor"])
     assert a["args"]["temperature"] == [10.0] and actor.act(torch.zeros(a["obs_dim"])).shape == (2,)

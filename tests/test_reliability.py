@@ -253,7 +253,7 @@ def test_resume_refuses_settings_it_does_not_know(continuous_run, tmp_path):
 
 def test_resume_refuses_a_checkpoint_from_before_populations(continuous_run, tmp_path):
     state = torch.load(continuous_run / "checkpoint_20.pt", weights_only=False)
-    state["args"]["expectile"] = 0.7  # one float, as the scripts wrote it before the member axis
+    del state["args"]["num_seeds"]  # as the scripts wrote it before the member axis
     torch.save(state, tmp_path / "checkpoint_20.pt")
     with pytest.raises(cont.UserError, match=r"written before populations \(commit 05cdb50 or earlier\)"):
         run_main("iql_continuous", tmp_path, "--resume", tmp_path / "checkpoint_20.pt")
