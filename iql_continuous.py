@@ -263,7 +263,7 @@ class Networks(NamedTuple):
     critic: nn.Module
     target_critic: nn.Module
     value: nn.Module
-    optimizers: tuple  # Adam for the actor, the critics and the value, in that order
+    optimizers: tuple  # Adam for the actor and the critics (one parameter group each), and Adam for the value
     actor_schedule: torch.optim.lr_scheduler.LRScheduler
     expectile: torch.Tensor  # (M, 1): each member's own
     temperature: torch.Tensor  # (M, 1)
@@ -280,7 +280,7 @@ def update(batch: Batch, nets: Networks, args: Args):
     """Every member's update at once. Each loss is the sum of the members' mean losses: the members' parameters are
     disjoint slices, so each gets its own gradient, at the scale a single run would have."""
     obs, actions, rewards, next_obs, masks = batch
-    actor_opt, critic_opt, value_opt = nets.optimizers
+    policy_and_critic_opt, value_opt = nets.optimizers
     with torch.no_grad():
         target_q = nets.target_critic(obs, actions).min(-2).values  # reused by the value and the actor step
 
@@ -296,11 +296,12 @@ def update(batch: Batch, nets: Networks, args: Args):
 
     # 2. Actor: advantage-weighted regression on the dataset actions.
     actor_loss, weights = awr_loss(nets.actor.log_prob(obs, actions), advantage, nets.temperature, args.max_weight)
-    optimizer_step(actor_opt, actor_loss.sum())
 
     # 3. Critics: regression on r + gamma * mask * V_new(s').
     critic_loss = q_loss(nets.critic(obs, actions), td_target(rewards, masks, next_v, args.gamma))
-    optimizer_step(critic_opt, critic_loss.sum())
+    # Steps 2 and 3 share one backward and one Adam step: their parameters are disjoint, so each gets the gradient
+    # of its own loss, as with two optimisers (IK has two), at one call's overhead.
+    optimizer_step(policy_and_critic_opt, actor_loss.sum() + critic_loss.sum())
 
     # 4. Polyak averaging of the target critics, one foreach kernel over all parameters.
     with torch.no_grad():
@@ -344,10 +345,11 @@ def make_networks(obs_dim: int, act_dim: int, args: Args, device, lr_decay_steps
     actor, critic, value = (stack_members(list(reversed(m))).to(device) for m in zip(*nets))
     target_critic = copy.deepcopy(critic).requires_grad_(False)
     # Fused kernels; each learning rate is a tensor that the schedule fills in place, so a CUDA graph sees it change.
-    optimizers = tuple(torch.optim.Adam(m.parameters(), lr=torch.tensor(args.learning_rate, device=device), fused=True,
-                                        capturable=device.type == "cuda") for m in (actor, critic, value))
+    groups = [[{"params": m.parameters(), "lr": torch.tensor(args.learning_rate, device=device)} for m in ms]
+              for ms in ((actor, critic), (value,))]  # a tensor of its own per group: the schedule fills the actor's
+    optimizers = tuple(torch.optim.Adam(g, fused=True, capturable=device.type == "cuda") for g in groups)
     decay = (lambda t: cosine_decay(t, lr_decay_steps)) if lr_decay_steps else (lambda t: 1.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizers[0], decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizers[0], [decay, lambda t: 1.0])  # the actor's group only
     expectile, temperature = (torch.tensor([[getattr(m, k)] for m in members], device=device) for k in SWEEPABLE)
     return Networks(actor, critic, target_critic, value, optimizers, schedule, expectile, temperature)
 
@@ -748,9 +750,9 @@ def run_folder(args: Args):
                         "resume)")
     if state.get("script", script) != script:  # older checkpoints carry no name: their settings are checked below
         raise UserError(f"{path} was written by {state['script']}, not {script}: resume it with {state['script']}")
-    if "num_seeds" not in state["args"]:
-        raise UserError(f"{path} was written before populations (commit 05cdb50 or earlier): its networks have no "
-                        "member axis, and this version cannot resume it")
+    if "num_seeds" not in state["args"] or len(state["optimizers"]) != 2:
+        raise UserError(f"{path} was written by an older version (commit 20bd83a or earlier: three Adam optimisers; "
+                        "05cdb50 or earlier: no member axis), which this version cannot resume")
     unknown = sorted(set(state["args"]) - {f.name for f in fields(Args)})
     if unknown:
         raise UserError(f"{args.resume} has settings this script does not know ({', '.join(unknown)}): another "

@@ -1,12 +1,14 @@
 """Update speed of iql_continuous.py next to two outside IQL implementations, run unchanged, on one Minari dataset.
 
-    python benchmarks/peers.py --corl PEERS/iql.py --ik PEERS/implicit_q_learning --jax-python JAXVENV/bin/python
+    python benchmarks/peers.py --corl PEERS/iql.py --ik PEERS/implicit_q_learning --jax-python JAXVENV/bin/python \
+        --compile
     python benchmarks/peers.py --corl PEERS/iql.py --env-id mujoco/hopper/medium-v0 --rounds 6 --updates 1000
 
 The programs:
   - ours: iql_continuous.py's own train step (sample_batch + update + the actor's cosine schedule), built as
     benchmarks/speed.py's ScriptUpdate builds it, one member with the locomotion values (expectile 0.7,
-    temperature 3.0);
+    temperature 3.0); with `--compile` also `ours --compile`, the same step as `--compile` builds it (the losses
+    through torch.compile), compiled during the warm-up;
   - CORL: `ImplicitQLearning.train(ReplayBuffer.sample(256))` from CORL's algorithms/offline/iql.py
     (github.com/tinkoff-ai/CORL), with its own TwinQ, ValueFunction, GaussianPolicy, Adam optimisers and
     cosine-annealed actor learning rate, expectile (iql_tau) 0.7, beta 3.0;
@@ -71,6 +73,7 @@ CORL_NAMES = ("ReplayBuffer", "TwinQ", "ValueFunction", "GaussianPolicy", "Impli
 CORL_HELP = "pass --corl PATH: CORL's algorithms/offline/iql.py (github.com/tinkoff-ai/CORL), exported as it is"
 IK_HELP = ("pass --ik PATH: a folder holding the files of github.com/ikostrikov/implicit_q_learning (learner.py, "
            "critic.py, actor.py, ...)")
+COMPILED = "ours --compile"
 JAX_HELP = "pass --jax-python PATH: the python of a virtualenv with jax, flax and optax"
 
 
@@ -92,6 +95,8 @@ class Args:
     """updates each program runs once, untimed, before the first round"""
     threads: int = 2
     """torch threads for ours and CORL; CPU cores the authors' JAX process may use"""
+    compile: bool = False
+    """also time our --compile train step (`ours --compile`), with its own ratios to the peers"""
     out: str = "benchmarks/peers.json"
     """where the JSON results go"""
 
@@ -182,12 +187,13 @@ class InProcess:
         pass
 
 
-def ours_step(iql, data):
-    """iql_continuous.py's train step as benchmarks/speed.py's ScriptUpdate builds it, at this dataset's shapes."""
+def ours_step(iql, data, mode=None):
+    """iql_continuous.py's train step as benchmarks/speed.py's ScriptUpdate builds it, at this dataset's shapes
+    (mode "compile": as under --compile)."""
     args = iql.Args()
     nets = iql.make_networks(data.observations.shape[1], data.actions.shape[1], args, "cpu", DECAY_STEPS,
                              [iql.Member("", SEED, EXPECTILE, TEMPERATURE)])
-    return iql.make_train_step(lambda: iql.sample_batch(data, BATCH, 1), nets, args)
+    return iql.make_train_step(lambda: iql.sample_batch(data, BATCH, 1), nets, args, mode)
 
 
 def corl_step(corl, arrays: dict):
@@ -413,16 +419,17 @@ def alternate(programs: dict, rounds: int, updates: int) -> tuple[dict, list]:
     return rates, order
 
 
-def summarize(rates: dict, reference: str = "ours") -> dict:
-    """Each program's median updates/s and, for the others, the median of the rounds' (reference / program) ratios:
-    a ratio of one round's timings, in which the machine's speed was the same for both, so that its drift from round
-    to round cancels (the ratio of the medians would not cancel it)."""
+def summarize(rates: dict) -> dict:
+    """Each program's median updates/s and, for each peer, the median of the rounds' (ours / peer) ratios (`ratio`;
+    `compiled_ratio` for `ours --compile`): a ratio of one round's timings, in which the machine's speed was the same
+    for both, so that its drift from round to round cancels (the ratio of the medians would not cancel it)."""
     summary = {}
     for name, r in rates.items():
         summary[name] = {"median": statistics.median(r), "rounds": r}
-        if name != reference:
-            ratios = [mine / theirs for mine, theirs in zip(rates[reference], r)]
-            summary[name].update(ratios=ratios, ratio=statistics.median(ratios))
+        for reference, key in (("ours", "ratio"), (COMPILED, "compiled_ratio")):
+            if reference in rates and not name.startswith("ours"):
+                ratios = [mine / theirs for mine, theirs in zip(rates[reference], r)]
+                summary[name].update({f"{key}s": ratios, key: statistics.median(ratios)})
     return summary
 
 
@@ -479,6 +486,8 @@ def run(args: Args) -> dict:
     programs = {}
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         programs["ours"] = InProcess(ours_step(iql, data))
+        if args.compile:
+            programs[COMPILED] = InProcess(ours_step(iql, data, "compile"))
         if corl is not None:
             try:  # built and stepped once here, so that a file that is not CORL's fails with one line
                 step = corl_step(corl, arrays)
@@ -501,13 +510,14 @@ def run(args: Args) -> dict:
         rates, results["order"] = alternate(programs, args.rounds, args.updates)
     results["updates_per_s"] = summarize(rates)
 
-    print(f"\n| program | updates/s (median of {args.rounds} rounds) | ours / it (median of the rounds' ratios) | "
-          "rounds' ratios |")
-    print("|---|---|---|---|")
+    compiled = f" | {COMPILED} / it" if args.compile else ""
+    print(f"\n| program | updates/s (median of {args.rounds} rounds) | ours / it (median of the rounds' ratios)"
+          f"{compiled} | rounds' ratios (ours / it) |")
+    print("|---|---|---|" + ("---|" if args.compile else "") + "---|")
     for name, r in results["updates_per_s"].items():
-        ratio = f"{r['ratio']:.2f}" if "ratio" in r else "-"
+        ratios = [f"{r[k]:.2f}" if k in r else "-" for k in ("ratio", "compiled_ratio")[:1 + args.compile]]
         each = ", ".join(f"{x:.2f}" for x in r.get("ratios", []))
-        print(f"| {name} | {r['median']:.0f} | {ratio} | {each} |")
+        print(f"| {name} | {r['median']:.0f} | {' | '.join(ratios)} | {each} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(f"\nwrote {args.out}")

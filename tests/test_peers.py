@@ -142,6 +142,9 @@ def test_the_ratio_is_the_median_of_the_rounds_ratios_not_the_ratio_of_the_media
     assert summary["ours"]["median"] == 200 and summary["CORL"]["median"] == 50
     assert summary["CORL"]["ratios"] == [2, 4, 1] and summary["CORL"]["ratio"] == 2  # 200 / 50 would be 4
     assert summary["authors"]["ratios"] == [0.25, 2, 2] and summary["authors"]["ratio"] == 2  # 200 / 150: 1.33
+    summary = peers.summarize({"ours": [100, 200, 300], peers.COMPILED: [200, 200, 600], "authors": [400, 100, 150]})
+    assert summary["authors"]["compiled_ratios"] == [0.5, 2, 4] and summary["authors"]["compiled_ratio"] == 2
+    assert summary["authors"]["ratio"] == 2 and "ratio" not in summary[peers.COMPILED]
 
 
 def test_peers_not_given_are_skipped_with_a_note(minari_root, tmp_path, capsys):

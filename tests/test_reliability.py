@@ -251,11 +251,15 @@ def test_resume_refuses_settings_it_does_not_know(continuous_run, tmp_path):
         run_main("iql_continuous", tmp_path, "--resume", tmp_path / "checkpoint_20.pt")
 
 
-def test_resume_refuses_a_checkpoint_from_before_populations(continuous_run, tmp_path):
+@pytest.mark.parametrize("older", ["no member axis", "three optimisers"])
+def test_resume_refuses_a_checkpoint_of_an_older_version(continuous_run, tmp_path, older):
     state = torch.load(continuous_run / "checkpoint_20.pt", weights_only=False)
-    del state["args"]["num_seeds"]  # as the scripts wrote it before the member axis
+    if older == "no member axis":
+        del state["args"]["num_seeds"]  # as the scripts wrote it before the member axis
+    else:
+        state["optimizers"].append(state["optimizers"][-1])  # as before the actor and critics shared one Adam
     torch.save(state, tmp_path / "checkpoint_20.pt")
-    with pytest.raises(cont.UserError, match=r"written before populations \(commit 05cdb50 or earlier\)"):
+    with pytest.raises(cont.UserError, match=r"written by an older version \(commit 20bd83a or earlier"):
         run_main("iql_continuous", tmp_path, "--resume", tmp_path / "checkpoint_20.pt")
 
 
