@@ -3,17 +3,17 @@
     python benchmarks/update_ideas.py --threads 2
     python benchmarks/update_ideas.py --threads 2 --only one-backward,bare-adam --rounds 20
 
-Each idea is iql_continuous.py's update with one thing changed (written out below, nothing shipped), built from the
+Each idea is iql_continuous.py's update with one thing changed (written out below), built from the
 script's own networks, losses and sampler at the paper's shapes (batch 256, obs 17, act 6, 2x256): the shipped step
 is the baseline of benchmarks/speed.py's rounds (baseline, idea, idea, baseline), and the median of the rounds'
 ratios is reported. The ideas:
-  - one-backward: the actor and the critics share one backward and one Adam (two parameter groups, the actor's
-    with the cosine schedule); the value step stays first, because both read the new V;
+  - three-adams: the update before the actor and the critics shared one backward and one Adam (commit 20bd83a):
+    an Adam and a backward each for the value, the actor and the critics (the shipped update keeps the value step
+    first, because both other steps read the new V);
   - bare-adam: each optimizer step calls the fused Adam kernel (`torch._fused_adam_`) on tensor lists gathered
     once, without `Optimizer.step()`'s per-call Python;
-  - one-backward+bare-adam: both;
   - foreach-adam: `foreach=True` instead of `fused=True`;
-  - compile (the shipped --compile: losses compiled, optimizer steps eager);
+  - compile: the shipped --compile (losses compiled, optimizer steps eager);
   - compile-all: --compile with the optimizer steps traced as well.
 """
 
@@ -32,7 +32,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 import iql_continuous as iql  # noqa: E402
 import speed  # noqa: E402
 
-IDEAS = ("one-backward", "bare-adam", "one-backward+bare-adam", "foreach-adam", "compile", "compile-all")
+IDEAS = ("three-adams", "bare-adam", "foreach-adam", "compile", "compile-all")
 
 
 @dataclass
@@ -68,16 +68,18 @@ class Idea:
     """iql_continuous.py's update (steps 1-4 as in its update()), with the idea's change."""
 
     def __init__(self, name: str, data):
-        self.args, self.one_backward = iql.Args(), "one-backward" in name
+        self.args, self.one_backward = iql.Args(), name != "three-adams"
         nets = iql.make_networks(speed.OBS, speed.ACT, self.args, "cpu", 1_000_000, [iql.Member("", 1, 0.7, 3.0)])
         adam = BareAdam if "bare-adam" in name else torch.optim.Adam
-        kw = {"foreach": True, "lr": 3e-4} if name == "foreach-adam" else {"fused": True, "lr": torch.tensor(3e-4)}
+        foreach = name == "foreach-adam"
+        kw = {"foreach": True} if foreach else {"fused": True}
+        lr = lambda: 3e-4 if foreach else torch.tensor(3e-4)  # noqa: E731  (a tensor per group, as the script's)
         if self.one_backward:
-            groups = [{"params": nets.actor.parameters()}, {"params": nets.critic.parameters()}]
-            self.opts = (adam(groups, **kw), adam(nets.value.parameters(), **kw))
+            groups = [{"params": nets.actor.parameters(), "lr": lr()}, {"params": nets.critic.parameters(), "lr": lr()}]
+            self.opts = (adam(groups, **kw), adam(nets.value.parameters(), lr=lr(), **kw))
             decay = [lambda t: iql.cosine_decay(t, 1_000_000), lambda t: 1.0]
         else:
-            self.opts = tuple(adam(m.parameters(), **kw) for m in (nets.actor, nets.critic, nets.value))
+            self.opts = tuple(adam(m.parameters(), lr=lr(), **kw) for m in (nets.actor, nets.critic, nets.value))
             decay = lambda t: iql.cosine_decay(t, 1_000_000)  # noqa: E731
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.opts[0], decay)
         self.nets, self.batch = nets, iql.Batch(*data)
