@@ -780,8 +780,7 @@ class StopSignal:
         signal.signal(signum, signal.SIG_DFL)  # the same signal again stops the run at once
 
     def exit(self, step: int, path: str, args: Args):
-        """Exit with STOPPED and a resume command that can be pasted: the path quoted, the dataset folder and the
-        device flags carried."""
+        """Exit with STOPPED and a resume command to paste (path quoted, dataset folder and device flags carried)."""
         data = os.environ.get("MINARI_DATASETS_PATH")
         env = f"MINARI_DATASETS_PATH={shlex.quote(str(Path(data).resolve()))} " if data else ""
         flags = "".join(f" --{f}" for f in ("compile", "cudagraphs") if getattr(args, f))
@@ -827,9 +826,8 @@ def make_writers(args: Args, run_dir: Path, start: int, device, texts: dict, mem
                                      purge_step=start + 1 if start else None))
         table = {**vars(args), "seed": m.seed, "expectile": m.expectile, "temperature": m.temperature,
                  "device used": device}
-        writers[-1].add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in
-                                                                                        table.items()))
-        for tag, text in texts.items():
+        rows = "\n".join(f"|{k}|{v}|" for k, v in table.items())
+        for tag, text in {"hyperparameters": "|param|value|\n|-|-|\n" + rows, **texts}.items():
             writers[-1].add_text(tag, text)
     print(f"run folder: {run_dir}" + (f" ({len(members)} members: {', '.join(m.name for m in members)})"
                                       if len(members) > 1 else ""))
@@ -929,9 +927,8 @@ def main(args: Args):
             path = save_state(str(run_dir / f"checkpoint_{step}.pt"), step, networks, given_args, eval_rngs,
                               evaluations)
             if stopping:
-                for writer in writers:
-                    writer.close()
-                envs.close()
+                for closing in (*writers, envs):
+                    closing.close()
                 stop.exit(step, path, args)
 
     # Each member's final evaluation, and its best one labelled as such (selected on the evaluations themselves).
@@ -947,9 +944,8 @@ def main(args: Args):
                         "obs_dim": obs_dim, "act_dim": act_dim, "reward_scale": info["reward_scale"],
                         **{name: member_state(getattr(networks, name), i) for name in NETS}}, path)
             print(f"model saved to {path}")
-    envs.close()
-    for writer in writers:
-        writer.close()
+    for closing in (*writers, envs):
+        closing.close()
 
 
 if __name__ == "__main__":

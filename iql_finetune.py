@@ -428,13 +428,11 @@ def cuda_graph(fn, warmup: int = 3):
 class ReplayBuffer:
     """Transitions on the training device, preallocated (IK `dataset_utils.ReplayBuffer`): the dataset once, shared
     by all members, then each member's own online rows, room for `capacity - len(dataset)` of them each.
-
     Each online transition goes into its member's next slot; once a member's online part is full its oldest online
     row is overwritten, and the dataset stays. (IK's buffer is one ring over everything, which overwrites the dataset
     first: the two differ only when the capacity is less than the dataset plus the online steps.) sample() draws each
     member's batch uniformly over the dataset and that member's online rows; the number stored lives on the device
-    too, so sampling never waits for the host (and a CUDA graph sees it grow).
-    """
+    too, so sampling never waits for the host (and a CUDA graph sees it grow)."""
 
     def __init__(self, dataset: Batch, capacity: int, device, members: int = 1, online_steps: Optional[int] = None):
         n = len(dataset.rewards)
@@ -761,7 +759,6 @@ def check_data(data: dict, env_id: str):
 
 def load_data(args: Args):
     """Load, flatten and transform the dataset(s); returns (Batch on the CPU, first dataset, info dict).
-
     Mazes: rewards r - 1, terminal where r > 0 (iql_antmaze.py). Flat observations: terminals as recorded, and
     for locomotion the reward scale 1000 / (max - min trajectory return) (iql_continuous.py). The info dict holds
     what the online rewards need to get the same transform (see online_reward)."""
@@ -830,17 +827,12 @@ def record_success(reached: np.ndarray, done: np.ndarray, info: dict) -> np.ndar
 
 def evaluate(actor: Actor, envs: gym.vector.SyncVectorEnv, seeds: list[int], device, observe: Callable, frames=None):
     """One full episode per env with the deterministic action; returns (returns, reached the goal) per env.
-    observe(obs) turns the vector env's observations into the network input.
-
-    Gymnasium's vector envs autoreset on the step after an episode ends, so each env's first episode
-    is counted through a done mask and later steps are ignored. With `frames` (a list), the first env's
-    episode is rendered into it.
-    """
+    observe(obs) turns the vector env's observations into the network input. The vector env autoresets after an
+    episode ends, so each env's first episode is counted through a done mask. With `frames` (a list), the first
+    env's episode is rendered into it."""
     actor.eval()  # dropout off
     obs, _ = envs.reset(seed=seeds)
-    returns = np.zeros(envs.num_envs)
-    reached = np.zeros(envs.num_envs, dtype=bool)
-    done = np.zeros(envs.num_envs, dtype=bool)
+    returns, reached, done = np.zeros(envs.num_envs), np.zeros(envs.num_envs, bool), np.zeros(envs.num_envs, bool)
     while not done.all():
         if frames is not None and not done[0]:
             frames.append(envs.envs[0].render())
@@ -868,7 +860,6 @@ def reference_scores(dataset, env_task: Optional[str]):
 
 def make_envs(dataset, maze: bool, members: int, num_eval: int, render: bool = False):
     """Each member's online env and, separately, the vector env of evaluation episodes, from the dataset's eval spec.
-
     A Minari maze dataset records a continuing task of up to 1e6 steps, on some datasets with a new random goal
     now and then: the wrong env to act in. Its eval spec has the evaluation horizon; with continuing_task=False
     an episode ends at the goal (a true termination, info["success"]), as D4RL's AntMaze episodes do. IK acts
@@ -1045,8 +1036,7 @@ class StopSignal:
         signal.signal(signum, signal.SIG_DFL)  # the same signal again stops the run at once
 
     def exit(self, step: int, path: str, args: Args):
-        """Exit with STOPPED and a resume command that can be pasted: the path quoted, the dataset folder and the
-        device flags carried."""
+        """Exit with STOPPED and a resume command to paste (path quoted, dataset folder and device flags carried)."""
         data = os.environ.get("MINARI_DATASETS_PATH")
         env = f"MINARI_DATASETS_PATH={shlex.quote(str(Path(data).resolve()))} " if data else ""
         flags = "".join(f" --{f}" for f in ("compile", "cudagraphs") if getattr(args, f))
@@ -1092,9 +1082,8 @@ def make_writers(args: Args, run_dir: Path, start: int, device, texts: dict, mem
                                      purge_step=start + 1 if start else None))
         table = {**vars(args), "seed": m.seed, "expectile": m.expectile, "temperature": m.temperature,
                  "device used": device}
-        writers[-1].add_text("hyperparameters", "|param|value|\n|-|-|\n" + "\n".join(f"|{k}|{v}|" for k, v in
-                                                                                        table.items()))
-        for tag, text in texts.items():
+        rows = "\n".join(f"|{k}|{v}|" for k, v in table.items())
+        for tag, text in {"hyperparameters": "|param|value|\n|-|-|\n" + rows, **texts}.items():
             writers[-1].add_text(tag, text)
     print(f"run folder: {run_dir}" + (f" ({len(members)} members: {', '.join(m.name for m in members)})"
                                       if len(members) > 1 else ""))
@@ -1212,17 +1201,16 @@ def main(args: Args):
         print(f"offline phase done after {step:,} updates ({step - start:,} in this run, "
               f"{time.time() - phase_time:.0f}s); online phase: {args.online_steps:,} steps", flush=True)
         if args.save_model and step > start:
-            for i, member in enumerate(members):
-                save_checkpoint(member_folder(member) / f"{args.exp_name}_offline.pt", networks, member_args(member),
-                                step, "offline", obs_dim, act_dim, info, i)
+            for i in range(len(members)):
+                save_member(i, step, "offline")
         phase_start, phase_time = step, time.time()
 
-    def member_folder(member):  # where a member's files go: the run folder itself for a single run
-        return run_dir if len(members) == 1 else run_dir / member.name
-
-    def member_args(member):  # the Args of a member's own run, as a --save-model file keeps them
-        return replace(args, seed=member.seed, num_seeds=1, expectile=[member.expectile],
-                       temperature=[member.temperature])
+    def save_member(i: int, step: int, phase: str):  # member i's --save-model file, with the Args of its own run
+        member = members[i]
+        folder = run_dir if len(members) == 1 else run_dir / member.name  # the run folder itself for a single run
+        save_checkpoint(folder / f"{args.exp_name}_{phase}.pt", networks, replace(
+            args, seed=member.seed, num_seeds=1, expectile=[member.expectile], temperature=[member.temperature]),
+            step, phase, obs_dim, act_dim, info, i)
 
     if offline_end == start and state is None:  # the online phase starts right away: evaluate its first policy
         evaluate_and_log(start)
@@ -1289,8 +1277,7 @@ def main(args: Args):
         print((f"{member.name}: " if len(members) > 1 else "") + f"{line}; best evaluation (step {best[0]:,}): "
               f"{best[key]:.2f}")
         if args.save_model and args.online_steps > 0:
-            save_checkpoint(member_folder(member) / f"{args.exp_name}_online.pt", networks, member_args(member), end,
-                            "online", obs_dim, act_dim, info, i)
+            save_member(i, end, "online")
     if args.save_model and end == start and args.online_steps == 0:
         print("note: --save-model saved nothing: this run made no updates")
     for closing in (*writers, *online_envs, envs):
