@@ -361,9 +361,8 @@ def make_networks(obs_dim: int, act_dim: int, args: Args, device, lr_decay_steps
 
 def make_train_step(sample: Callable[[], Batch], networks: Networks, args: Args, mode: Optional[str] = None):
     """step() draws a batch with sample(), runs one update, advances the actor's schedule and returns the metrics
-    (tensors on the device; under a CUDA graph the same tensors every step, refilled). mode None runs eagerly,
-    "compile" through torch.compile, "cudagraphs" replays a captured CUDA graph, "compile+cudagraphs" captures the
-    compiled losses in the graph."""
+    (device tensors; under a CUDA graph the same ones every step, refilled). mode None runs eagerly, "compile"
+    through torch.compile, "cudagraphs" replays a captured CUDA graph, "compile+cudagraphs" captures compiled code."""
 
     def sample_and_update():
         return update(sample(), networks, args)
@@ -553,10 +552,9 @@ def flatten_maze_episodes(episodes, goal_input: bool) -> dict[str, np.ndarray]:
     parts = {k: [] for k in ("observations", "actions", "rewards", "next_observations")}
     for ep in episodes:
         obs = maze_observations(ep.observations, goal_input)
-        parts["observations"].append(obs[:-1])
-        parts["next_observations"].append(obs[1:])
-        parts["actions"].append(ep.actions)
-        parts["rewards"].append(ep.rewards)
+        for key, x in (("observations", obs[:-1]), ("next_observations", obs[1:]), ("actions", ep.actions),
+                       ("rewards", ep.rewards)):
+            parts[key].append(x)
     data = {k: np.concatenate(v, dtype=np.float32) for k, v in parts.items()}
     data["rewards"], data["terminals"] = maze_rewards_and_terminals(data["rewards"])
     # IK clips dataset actions so that log-probs stay finite near the bounds (an infinite one is left for check_data).

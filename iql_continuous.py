@@ -356,9 +356,8 @@ def make_networks(obs_dim: int, act_dim: int, args: Args, device, lr_decay_steps
 
 def make_train_step(sample: Callable[[], Batch], networks: Networks, args: Args, mode: Optional[str] = None):
     """step() draws a batch with sample(), runs one update, advances the actor's schedule and returns the metrics
-    (tensors on the device; under a CUDA graph the same tensors every step, refilled). mode None runs eagerly,
-    "compile" through torch.compile, "cudagraphs" replays a captured CUDA graph, "compile+cudagraphs" captures the
-    compiled losses in the graph."""
+    (device tensors; under a CUDA graph the same ones every step, refilled). mode None runs eagerly, "compile"
+    through torch.compile, "cudagraphs" replays a captured CUDA graph, "compile+cudagraphs" captures compiled code."""
 
     def sample_and_update():
         return update(sample(), networks, args)
