@@ -883,11 +883,15 @@ def check_video(envs, seed: int):
 
 
 # ---- Pre-trained weights: the files --save-model writes at each phase end, and --checkpoint loads --------------------
-def save_checkpoint(path: Path, networks: Networks, args: Args, step: int, phase: str, obs_dim: int, act_dim: int,
-                    info: dict, i: int = 0):
-    """Member i's networks, its optimisers' state (without the member axis) and how the data were scaled (not the
+def save_checkpoint(run_dir: Path, networks: Networks, args: Args, members: list, i: int, step: int, phase: str,
+                    obs_dim: int, act_dim: int, info: dict):
+    """Member i's `{exp_name}_{phase}.pt` in its folder (the run folder itself for a single run): its networks, its
+    optimisers' state (without the member axis), the Args of its own run and how the data were scaled (not the
     replay buffer or the env)."""
-    torch.save({"args": asdict(args), "step": step, "phase": phase, "obs_dim": obs_dim, "act_dim": act_dim,
+    member = members[i]
+    path = (run_dir if len(members) == 1 else run_dir / member.name) / f"{args.exp_name}_{phase}.pt"
+    own = replace(args, seed=member.seed, num_seeds=1, expectile=[member.expectile], temperature=[member.temperature])
+    torch.save({"args": asdict(own), "step": step, "phase": phase, "obs_dim": obs_dim, "act_dim": act_dim,
                 "reward_scale": info["reward_scale"], **{n: member_state(getattr(networks, n), i) for n in NETS},
                 "optimizers": [{j: {k: v if k == "step" else v[i].clone() for k, v in s.items()}
                                 for j, s in opt.state_dict()["state"].items()} for opt in networks.optimizers]}, path)
@@ -1200,15 +1204,8 @@ def main(args: Args):
               f"{time.time() - phase_time:.0f}s); online phase: {args.online_steps:,} steps", flush=True)
         if args.save_model and step > start:
             for i in range(len(members)):
-                save_member(i, step, "offline")
+                save_checkpoint(run_dir, networks, args, members, i, step, "offline", obs_dim, act_dim, info)
         phase_start, phase_time = step, time.time()
-
-    def save_member(i: int, step: int, phase: str):  # member i's --save-model file, with the Args of its own run
-        member = members[i]
-        folder = run_dir if len(members) == 1 else run_dir / member.name  # the run folder itself for a single run
-        save_checkpoint(folder / f"{args.exp_name}_{phase}.pt", networks, replace(
-            args, seed=member.seed, num_seeds=1, expectile=[member.expectile], temperature=[member.temperature]),
-            step, phase, obs_dim, act_dim, info, i)
 
     if offline_end == start and state is None:  # the online phase starts right away: evaluate its first policy
         evaluate_and_log(start)
@@ -1275,7 +1272,7 @@ def main(args: Args):
         print((f"{member.name}: " if len(members) > 1 else "") + f"{line}; best evaluation (step {best[0]:,}): "
               f"{best[key]:.2f}")
         if args.save_model and args.online_steps > 0:
-            save_member(i, end, "online")
+            save_checkpoint(run_dir, networks, args, members, i, end, "online", obs_dim, act_dim, info)
     if args.save_model and end == start and args.online_steps == 0:
         print("note: --save-model saved nothing: this run made no updates")
     for closing in (*writers, *online_envs, envs):
