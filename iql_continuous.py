@@ -280,7 +280,7 @@ def update(batch: Batch, nets: Networks, args: Args):
     """Every member's update at once. Each loss is the sum of the members' mean losses: the members' parameters are
     disjoint slices, so each gets its own gradient, at the scale a single run would have."""
     obs, actions, rewards, next_obs, masks = batch
-    policy_and_critic_opt, value_opt = nets.optimizers
+    actor_and_critic_opt, value_opt = nets.optimizers
     with torch.no_grad():
         target_q = nets.target_critic(obs, actions).min(-2).values  # reused by the value and the actor step
 
@@ -300,8 +300,8 @@ def update(batch: Batch, nets: Networks, args: Args):
     # 3. Critics: regression on r + gamma * mask * V_new(s').
     critic_loss = q_loss(nets.critic(obs, actions), td_target(rewards, masks, next_v, args.gamma))
     # Steps 2 and 3 share one backward and one Adam step: their parameters are disjoint, so each gets the gradient
-    # of its own loss, as with two optimisers (IK has two), at one call's overhead.
-    optimizer_step(policy_and_critic_opt, actor_loss.sum() + critic_loss.sum())
+    # of its own loss, as with IK's separate actor and critic optimisers, at one call's overhead.
+    optimizer_step(actor_and_critic_opt, actor_loss.sum() + critic_loss.sum())
 
     # 4. Polyak averaging of the target critics, one foreach kernel over all parameters.
     with torch.no_grad():
@@ -344,10 +344,13 @@ def make_networks(obs_dim: int, act_dim: int, args: Args, device, lr_decay_steps
                      Value(obs_dim, args.hidden_dim)))
     actor, critic, value = (stack_members(list(reversed(m))).to(device) for m in zip(*nets))
     target_critic = copy.deepcopy(critic).requires_grad_(False)
-    # Fused kernels; each learning rate is a tensor that the schedule fills in place, so a CUDA graph sees it change.
-    groups = [[{"params": m.parameters(), "lr": torch.tensor(args.learning_rate, device=device)} for m in ms]
-              for ms in ((actor, critic), (value,))]  # a tensor of its own per group: the schedule fills the actor's
-    optimizers = tuple(torch.optim.Adam(g, fused=True, capturable=device.type == "cuda") for g in groups)
+    # Fused kernels. Each parameter group's learning rate is a tensor of its own, which the schedule fills in place
+    # (the actor's only), so that a CUDA graph sees it change.
+    def adam(*modules):
+        groups = [{"params": m.parameters(), "lr": torch.tensor(args.learning_rate, device=device)} for m in modules]
+        return torch.optim.Adam(groups, fused=True, capturable=device.type == "cuda")
+
+    optimizers = (adam(actor, critic), adam(value))
     decay = (lambda t: cosine_decay(t, lr_decay_steps)) if lr_decay_steps else (lambda t: 1.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizers[0], [decay, lambda t: 1.0])  # the actor's group only
     expectile, temperature = (torch.tensor([[getattr(m, k)] for m in members], device=device) for k in SWEEPABLE)

@@ -7,14 +7,16 @@ Each idea is iql_continuous.py's update with one thing changed (written out belo
 script's own networks, losses and sampler at the paper's shapes (batch 256, obs 17, act 6, 2x256): the shipped step
 is the baseline of benchmarks/speed.py's rounds (baseline, idea, idea, baseline), and the median of the rounds'
 ratios is reported. The ideas:
+  - written-out: the shipped update as written out here, no change (a control: how far the written-out copy alone
+    is from the script's own step);
   - three-adams: the update before the actor and the critics shared one backward and one Adam (commit 20bd83a):
     an Adam and a backward each for the value, the actor and the critics (the shipped update keeps the value step
     first, because both other steps read the new V);
   - bare-adam: each optimizer step calls the fused Adam kernel (`torch._fused_adam_`) on tensor lists gathered
     once, without `Optimizer.step()`'s per-call Python;
   - foreach-adam: `foreach=True` instead of `fused=True`;
-  - compile: the shipped --compile (losses compiled, optimizer steps eager);
-  - compile-all: --compile with the optimizer steps traced as well.
+  - compile: the script's own --compile step (losses compiled, optimizer steps eager);
+  - compile-all: the written-out update compiled with the optimizer steps traced as well.
 """
 
 import statistics
@@ -32,7 +34,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 import iql_continuous as iql  # noqa: E402
 import speed  # noqa: E402
 
-IDEAS = ("three-adams", "bare-adam", "foreach-adam", "compile", "compile-all")
+IDEAS = ("written-out", "three-adams", "bare-adam", "foreach-adam", "compile", "compile-all")
 
 
 @dataclass
@@ -48,20 +50,24 @@ class Args:
 
 
 class BareAdam(torch.optim.Adam):
-    """torch's fused Adam, its step reduced to the kernel call (the first step runs the full one, creating state)."""
+    """torch's fused Adam, its step reduced to the kernel call on lists gathered at the first step (which runs the
+    full step, creating the state)."""
 
     @torch.no_grad()
     def step(self):
         if not self.state:
-            return super().step()
-        for group in self.param_groups:
-            params = [p for p in group["params"]]
-            states = [self.state[p] for p in params]
-            steps = [s["step"] for s in states]
+            super().step()
+            self.lists = []
+            for group in self.param_groups:
+                states = [self.state[p] for p in group["params"]]
+                self.lists.append((group, group["params"], [s["exp_avg"] for s in states],
+                                   [s["exp_avg_sq"] for s in states], [s["step"] for s in states]))
+            return
+        for group, params, exp_avgs, exp_avg_sqs, steps in self.lists:
             torch._foreach_add_(steps, 1)
-            torch._fused_adam_(params, [p.grad for p in params], [s["exp_avg"] for s in states],
-                               [s["exp_avg_sq"] for s in states], [], steps, lr=group["lr"].item(), beta1=0.9,
-                               beta2=0.999, weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False)
+            torch._fused_adam_(params, [p.grad for p in params], exp_avgs, exp_avg_sqs, [], steps,
+                               lr=float(group["lr"]), beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8,
+                               amsgrad=False, maximize=False)
 
 
 class Idea:
@@ -102,7 +108,8 @@ class Idea:
         with torch.no_grad():
             v, next_v = nets.value(torch.cat([obs, next_obs], -2)).chunk(2, -1)
         advantage = target_q - v
-        actor_loss, _ = iql.awr_loss(nets.actor.log_prob(obs, actions), advantage, nets.temperature, args.max_weight)
+        log_prob = nets.actor.log_prob(obs, actions)
+        actor_loss, weights = iql.awr_loss(log_prob, advantage, nets.temperature, args.max_weight)
         if not self.one_backward:
             self.opt_step(self.opts[0], actor_loss.sum())
         critic_loss = iql.q_loss(nets.critic(obs, actions), iql.td_target(rewards, masks, next_v, args.gamma))
@@ -112,7 +119,9 @@ class Idea:
             self.opt_step(self.opts[1], critic_loss.sum())
         with torch.no_grad():
             torch._foreach_lerp_(list(nets.target_critic.parameters()), list(nets.critic.parameters()), args.tau)
-        return value_loss.detach()
+        return {"losses/value_loss": value_loss.detach(), "losses/actor_loss": actor_loss.detach(),  # as update()
+                "losses/q_loss": critic_loss.detach(), "charts/advantage_mean": advantage.mean(-1),
+                "charts/weight_mean": weights.mean(-1)}
 
     def train(self):
         self.fn()
@@ -127,7 +136,9 @@ def main(args: Args):
     if unknown:
         sys.exit(f"error: unknown idea(s) {', '.join(unknown)}; choose from {', '.join(IDEAS)}")
     data = speed.make_data("cpu")
-    variants = {"baseline": speed.ScriptUpdate(iql, data, "cpu"), **{n: Idea(n, data) for n in names}}
+    variants = {"baseline": speed.ScriptUpdate(iql, data, "cpu"),
+                **{n: speed.ScriptUpdate(iql, data, "cpu", "compile") if n == "compile" else Idea(n, data)
+                   for n in names}}
     t = time.time()
     rates, ratios = speed.time_updates(variants, speed.Args(rounds=args.rounds,
                                                             updates_per_round=args.updates_per_round))

@@ -343,14 +343,19 @@ def test_restore_keeps_the_learning_rate_tensors_the_schedule_and_a_cuda_graph_u
         saved.actor_schedule.step()
     path = cont.save_state(str(tmp_path / "checkpoint_30.pt"), 30, saved, args, [np.random.default_rng(0)], [[]])
     fresh = cont.make_networks(3, 2, args, "cpu", 100, members)
-    tensors = [opt.param_groups[0]["lr"] for opt in fresh.optimizers]
+    groups = [group for opt in fresh.optimizers for group in opt.param_groups]  # the actor's, the critics', V's
+    tensors = [group["lr"] for group in groups]
+    assert len(tensors) == len({id(t) for t in tensors}) == 3  # a tensor each: the schedule fills the actor's only
     state = torch.load(path, weights_only=False)
     for saved_opt in state["optimizers"]:  # as saved on a GPU, where Adam is capturable
-        saved_opt["param_groups"][0]["capturable"] = True
+        for group in saved_opt["param_groups"]:
+            group["capturable"] = True
     cont.restore_state(state, fresh, [np.random.default_rng(0)])
-    for opt, lr in zip(fresh.optimizers, tensors):
-        assert opt.param_groups[0]["lr"] is lr and opt.param_groups[0]["capturable"] is False  # this run's
+    groups = [group for opt in fresh.optimizers for group in opt.param_groups]
+    for group, lr in zip(groups, tensors, strict=True):
+        assert group["lr"] is lr and group["capturable"] is False  # this run's
     assert tensors[0].item() == pytest.approx(args.learning_rate * cont.cosine_decay(30, 100))
-    assert tensors[1].item() == pytest.approx(args.learning_rate)  # the critics' rate is constant
+    assert [t.item() for t in tensors[1:]] == pytest.approx([args.learning_rate] * 2)  # the critics' and V's: constant
     fresh.actor_schedule.step()
     assert tensors[0].item() == pytest.approx(args.learning_rate * cont.cosine_decay(31, 100))
+    assert [t.item() for t in tensors[1:]] == pytest.approx([args.learning_rate] * 2)
