@@ -1,6 +1,6 @@
 """The GPU path, checked in one command: the fast modes against eager, whole short runs, and the updates/s.
 
-    python benchmarks/gpu_check.py                 # on a CUDA machine; not yet run on one (aimed at about 5 minutes)
+    python benchmarks/gpu_check.py                 # on a CUDA machine; not yet run on one (5 to 7 minutes, estimated)
     python benchmarks/gpu_check.py --parts 1,3     # without the whole runs
     python benchmarks/gpu_check.py --device cpu    # the same checks on the CPU, `compile` standing in for the graphs
 
