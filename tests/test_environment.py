@@ -12,6 +12,7 @@ from conftest import ROOT, assert_one_line_error, run_main
 def test_an_unusable_renderer_is_one_line_even_for_help():
     """MUJOCO_GL names a library that does not load here (no OSMesa on these machines): not a 32-line traceback."""
     env = {**os.environ, "MUJOCO_GL": "osmesa"}
+    env.pop("PYOPENGL_PLATFORM", None)  # as in a fresh shell: MuJoCo set it to egl in this process when it loaded
     out = subprocess.run([sys.executable, str(ROOT / "iql_continuous.py"), "--help"], env=env, capture_output=True,
                          text=True, timeout=120)
     if out.returncode == 0:
