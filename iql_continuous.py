@@ -129,8 +129,7 @@ def expectile_loss(diff: torch.Tensor, expectile) -> torch.Tensor:
 
 
 def awr_loss(log_prob, advantage, temperature, max_weight: float):
-    """Advantage-weighted regression (paper eq. 7): -mean(min(exp(beta * A), max_weight) * log pi(a|s)).
-    The weights carry no gradient. Returns (loss, weights)."""
+    """Paper eq. 7: -mean(min(exp(beta * A), max_weight) * log pi(a|s)); the weights carry no gradient."""
     weights = torch.exp(temperature * advantage.detach()).clamp(max=max_weight)
     return -(weights * log_prob).mean(-1), weights
 
@@ -161,8 +160,8 @@ def cosine_decay(step: int, total_steps: int) -> float:
 # M (`stack_members`). Batches are (M, batch, ...), V is (M, batch), the twin critics' Q (M, 2, batch), every loss
 # (M,). A network saved alone (--save-model, `member_state`) has no member axis.
 class Linear(nn.Linear):
-    """nn.Linear (and its init) with the weight stored as (in, out): members stack it to (M, in, out) and run as one
-    batched matmul, x (M, batch, in) -> (M, batch, out), without a transpose."""
+    """nn.Linear (and its init) with the weight stored as (in, out), so that members stack it to (M, in, out) and
+    run as one batched matmul: x (M, batch, in) -> (M, batch, out)."""
 
     def __init__(self, in_dim: int, out_dim: int):
         super().__init__(in_dim, out_dim)
@@ -220,8 +219,8 @@ class Value(nn.Module):
 
 
 class Actor(nn.Module):
-    """Gaussian policy: mean = tanh(MLP(s)) (tanh on the mean, no squashed distribution, as IK `policy.py`)
-    and a state-independent log-std clamped to [-5, 2] (CORL uses -20 as the floor)."""
+    """Gaussian policy: mean tanh(MLP(s)) (no squashed distribution, as IK `policy.py`) and a state-independent
+    log-std clamped to [-5, 2] (CORL's floor is -20)."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, dropout: Optional[float] = None):
         super().__init__()
@@ -237,8 +236,8 @@ class Actor(nn.Module):
 
     @torch.no_grad()
     def act(self, obs: torch.Tensor) -> torch.Tensor:
-        """Deterministic evaluation action: the mean, clipped to [-1, 1]. Call `.eval()` first if there is dropout.
-        A population's actor takes and returns flat rows, the members' in turn (as many each, member 0's first)."""
+        """The evaluation action: the mean, clipped to [-1, 1] (call `.eval()` first: dropout). A population's actor
+        takes flat rows, the members' in turn, as many each."""
         members = self.log_std.shape[:-1]
         mean = self(obs.view(*members, -1, obs.shape[-1]) if members else obs)[0]
         return mean.reshape(*obs.shape[:-1], -1).clamp(-1.0, 1.0)
@@ -331,22 +330,18 @@ def population(args: Args) -> list[Member]:
 
 def make_networks(obs_dim: int, act_dim: int, args: Args, device, lr_decay_steps: Optional[int],
                   members: list[Member]) -> Networks:
-    """The members' networks, stacked, their Adam optimisers (torch defaults: IK has no weight decay or clipping) and
-    the actor's schedule: a cosine from the learning rate to 0 over `lr_decay_steps` updates, or constant where that
-    is None. Each member's initial weights come from its own seed."""
-    device = torch.device(device)
-    nets = []
-    # Each member built right after seeding torch with its own seed; member 0 last, so that the random stream the
-    # batches and dropout masks then draw from (one for the whole population) goes on from its seed, as in a single run.
+    """The members' stacked networks, Adam (torch defaults: IK has no weight decay or clipping) and the actor's
+    schedule: a cosine to 0 over `lr_decay_steps` updates, or constant where that is None."""
+    device, nets = torch.device(device), []
+    # Each member is built right after seeding torch with its own seed; member 0 last, so that the population's one
+    # random stream (batches, dropout) goes on from its seed, as in a single run.
     for member in reversed(members):
         torch.manual_seed(member.seed)
         nets.append((Actor(obs_dim, act_dim, args.hidden_dim, args.dropout), TwinQ(obs_dim, act_dim, args.hidden_dim),
                      Value(obs_dim, args.hidden_dim)))
     actor, critic, value = (stack_members(list(reversed(m))).to(device) for m in zip(*nets))
-    target_critic = copy.deepcopy(critic).requires_grad_(False)
-    # Fused kernels. Each parameter group's learning rate is a tensor of its own, which the schedule fills in place
-    # (the actor's only), so that a CUDA graph sees it change.
-    def adam(*modules):
+
+    def adam(*modules):  # fused; each group's learning rate a tensor, filled in place, that a CUDA graph sees change
         groups = [{"params": m.parameters(), "lr": torch.tensor(args.learning_rate, device=device)} for m in modules]
         return torch.optim.Adam(groups, fused=True, capturable=device.type == "cuda")
 
@@ -354,18 +349,17 @@ def make_networks(obs_dim: int, act_dim: int, args: Args, device, lr_decay_steps
     decay = (lambda t: cosine_decay(t, lr_decay_steps)) if lr_decay_steps else (lambda t: 1.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizers[0], [decay, lambda t: 1.0])  # the actor's group only
     expectile, temperature = (torch.tensor([[getattr(m, k)] for m in members], device=device) for k in SWEEPABLE)
-    return Networks(actor, critic, target_critic, value, optimizers, schedule, expectile, temperature)
+    return Networks(actor, critic, copy.deepcopy(critic).requires_grad_(False), value, optimizers, schedule,
+                    expectile, temperature)
 
 
 def make_train_step(sample: Callable[[], Batch], networks: Networks, args: Args, mode: Optional[str] = None):
-    """step() draws a batch with sample(), runs one update, advances the actor's schedule and returns the metrics
-    (device tensors; under a CUDA graph the same ones every step, refilled). mode None runs eagerly, "compile"
-    through torch.compile, "cudagraphs" replays a captured CUDA graph, "compile+cudagraphs" captures compiled code."""
-
-    def sample_and_update():
+    """step() runs update(sample()) and the actor's schedule and returns the metrics (device tensors). mode: None
+    (eager), "compile" (torch.compile), "cudagraphs" (replays a captured CUDA graph) or "compile+cudagraphs"."""
+    def fn():
         return update(sample(), networks, args)
 
-    fn = torch.compile(sample_and_update) if mode in ("compile", "compile+cudagraphs") else sample_and_update
+    fn = torch.compile(fn) if mode in ("compile", "compile+cudagraphs") else fn
     fn = cuda_graph(fn) if mode in ("cudagraphs", "compile+cudagraphs") else fn
 
     def step():
@@ -377,8 +371,8 @@ def make_train_step(sample: Callable[[], Batch], networks: Networks, args: Args,
 
 
 def cuda_graph(fn, warmup: int = 3):
-    """Each call runs fn once: the first `warmup` calls eagerly on a side stream (so that Adam's state and the
-    gradients exist), then one capture, then replays of the captured graph."""
+    """Run fn eagerly on a side stream for `warmup` calls (Adam's state and the gradients then exist), capture it
+    once, then replay the graph: every call returns the same output tensors, refilled."""
     graph, outputs, calls, stream = torch.cuda.CUDAGraph(), None, 0, torch.cuda.Stream()
 
     def call():
@@ -698,8 +692,8 @@ NETS = ("actor", "critic", "target_critic", "value")
 
 def save_state(path: str, step: int, networks: Networks, args: Args, eval_rngs: list, evaluations: list,
                extra: Optional[dict] = None) -> str:
-    """All that a resumed run needs to continue exactly (with what the script adds in `extra`), written under a
-    temporary name and then renamed, so that an interrupted write never leaves a broken checkpoint."""
+    """All that a resumed run needs to go on exactly (and the script's `extra`), written to a temporary name and
+    then renamed: an interrupted write never leaves a broken checkpoint."""
     rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
            "eval": [rng.bit_generator.state for rng in eval_rngs]}
@@ -720,10 +714,10 @@ def restore_state(state: dict, networks: Networks, eval_rngs: list) -> tuple[int
     except RuntimeError as e:
         raise UserError(f"the checkpoint does not fit these networks ({' '.join(str(e).split())[:150]})") from None
     for opt, saved in zip(networks.optimizers, state["optimizers"]):
-        ours = [(group["lr"], group["capturable"]) for group in opt.param_groups]
-        opt.load_state_dict(saved)  # it swaps in the saved (CPU) learning-rate tensors and options; put back this
-        for group, (lr, capturable) in zip(opt.param_groups, ours):  # run's, which the schedule and a CUDA graph use
-            group["lr"], group["capturable"] = lr.fill_(float(group["lr"])), capturable
+        lrs = [group["lr"] for group in opt.param_groups]  # this run's tensors, which the schedule and a CUDA graph use
+        opt.load_state_dict(saved)  # it swaps in the saved ones and the saved `capturable`
+        for group, lr in zip(opt.param_groups, lrs):
+            group.update(lr=lr.fill_(float(group["lr"])), capturable=opt.defaults["capturable"])
     networks.actor_schedule.load_state_dict(state["actor_schedule"])
     rng = state["rng"]
     torch.set_rng_state(rng["torch"])
@@ -738,7 +732,7 @@ def restore_state(state: dict, networks: Networks, eval_rngs: list) -> tuple[int
 
 def run_folder(args: Args):
     """(args, saved state or None, run folder). --resume continues a run in its own folder with its own settings,
-    except the device flags (--cuda, --compile, --cudagraphs) of this command: bit-identical on the same device."""
+    but this command's device flags (--cuda, --compile, --cudagraphs): bit-identical on the same device."""
     if not args.resume:
         name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
         return args, None, Path("runs") / name.replace("/", "-")
@@ -750,27 +744,24 @@ def run_folder(args: Args):
     if not isinstance(state, dict) or not {"step", "args", "rng", "optimizers"} <= set(state):
         raise UserError(f"{path} is not a checkpoint_{{step}}.pt file of this script (--save-model files do not "
                         "resume)")
-    if state.get("script", script) != script:  # older checkpoints carry no name: their settings are checked below
+    if state.get("script", script) != script:
         raise UserError(f"{path} was written by {state['script']}, not {script}: resume it with {state['script']}")
-    if "num_seeds" not in state["args"] or len(state["optimizers"]) != 2:
-        raise UserError(f"{path} was written by an older version (commit 20bd83a or earlier: three Adam optimisers; "
-                        "05cdb50 or earlier: no member axis), which this version cannot resume")
-    unknown = sorted(set(state["args"]) - {f.name for f in fields(Args)})
-    if unknown:
-        raise UserError(f"{args.resume} has settings this script does not know ({', '.join(unknown)}): another "
-                        "script or another version of this one wrote it")
-    args = replace(Args(**state["args"]), resume=args.resume, cuda=args.cuda, compile=args.compile,
-                   cudagraphs=args.cudagraphs)
+    saved, known = set(state["args"]), {f.name for f in fields(Args)}
+    if saved != known or len(state["optimizers"]) != 2:
+        raise UserError(f"{path} was written by another version of {script}, which this one cannot resume (settings "
+                        f"unknown here: {sorted(saved - known)}, missing: {sorted(known - saved)}; "
+                        f"{len(state['optimizers'])} optimisers, not 2)")
+    args = replace(Args(**state["args"]), resume=path, cuda=args.cuda, compile=args.compile, cudagraphs=args.cudagraphs)
     check_track(args)  # the run's own settings
-    print(f"resuming {Path(args.resume).parent.name} from step {state['step']:,} with its own settings (of this "
-          "command's flags only --cuda, --compile and --cudagraphs are used)")
-    return args, state, Path(args.resume).parent
+    print(f"resuming {Path(path).parent.name} from step {state['step']:,} with its own settings (of this command's "
+          "flags only --cuda, --compile and --cudagraphs are used)")
+    return args, state, Path(path).parent
 
 
 class StopSignal:
-    """SIGINT (Ctrl-C), SIGTERM (a cluster's pre-emption) and SIGUSR1/SIGUSR2 (what SLURM's `--signal` sends ahead of
-    a time limit) set a flag instead of killing the run: the loop saves a checkpoint at the next step and exits
-    (status STOPPED) with the command that resumes it. At the last step the run simply finishes."""
+    """SIGINT (Ctrl-C), SIGTERM (pre-emption) and SIGUSR1/SIGUSR2 (SLURM's `--signal`, ahead of a time limit) set a
+    flag instead of killing the run: the loop then saves a checkpoint and exits STOPPED with the command that resumes
+    it. At the last step the run simply finishes."""
 
     def __init__(self):
         self.name = None
@@ -782,14 +773,12 @@ class StopSignal:
         signal.signal(signum, signal.SIG_DFL)  # the same signal again stops the run at once
 
     def exit(self, step: int, path: str, args: Args):
-        """Exit with STOPPED and a resume command to paste (path quoted, dataset folder and device flags carried)."""
-        data = os.environ.get("MINARI_DATASETS_PATH")
+        data = os.environ.get("MINARI_DATASETS_PATH")  # carried into the command, which quotes each path
         env = f"MINARI_DATASETS_PATH={shlex.quote(str(Path(data).resolve()))} " if data else ""
         flags = "".join(f" --{f}" for f in ("compile", "cudagraphs") if getattr(args, f))
         flags += "" if args.cuda else " --no-cuda"
-        script = shlex.quote(os.path.relpath(__file__))  # relative to the working directory, as the path is
-        print(f"{self.name} at step {step:,}: saved {path}; continue with: {env}python {script} --resume "
-              f"{shlex.quote(path)}{flags}", file=sys.stderr)
+        print(f"{self.name} at step {step:,}: saved {path}; continue with: {env}python "
+              f"{shlex.quote(os.path.relpath(__file__))} --resume {shlex.quote(path)}{flags}", file=sys.stderr)
         sys.exit(STOPPED)
 
 
@@ -858,8 +847,7 @@ def main(args: Args):
     print("hyperparameters:\n" + "\n".join(table))
     if args.batch_size > n:
         raise UserError(f"--batch-size {args.batch_size} is larger than the dataset ({n} transitions)")
-    members = population(args)
-    ref_min, ref_max, ref_source = reference_scores(dataset, info["task"])
+    members, (ref_min, ref_max, ref_source) = population(args), reference_scores(dataset, info["task"])
     print(f"normalised score from {ref_source}" + ("" if ref_min is not None else ": logging the return only"))
     eval_env = dataset.recover_environment(eval_env=True)
     envs = make_eval_envs(eval_env.spec, len(members) * args.eval_episodes, render=args.capture_video,
@@ -877,16 +865,14 @@ def main(args: Args):
         "domain defaults": "\n".join(table),
         "dataset": f"{args.env_id} -> {', '.join(info['dataset_ids'])}; {n} transitions; reward scale "
                    f"{info['reward_scale']}; scores from {ref_source}"}, members)
-    key = 2 if ref_min is not None else 1  # what a member is scored by: the normalised score, else the return
+    key, scored = (2, "normalized") if ref_min is not None else (1, "return")  # what evaluations[member][-1][key] is
 
-    def last_evaluation():
+    def last_evaluation():  # one run's last score, or the best and worst member's
         if not evaluations[0]:
             return "none yet"
-        if len(members) == 1:
-            e = evaluations[0][-1]
-            return f"return {e[1]:.2f}" + (f", normalized {e[2]:.2f}" if e[2] is not None else "")
         scores = sorted(e[-1][key] for e in evaluations)
-        return f"{'normalized' if key == 2 else 'return'} best member {scores[-1]:.2f}, worst {scores[0]:.2f}"
+        return f"{scored} " + (f"{scores[0]:.2f}" if len(scores) == 1 else f"best member {scores[-1]:.2f}, worst "
+                               f"{scores[0]:.2f}")
 
     start_time, stop = time.time(), StopSignal()
     for step in range(start + 1, args.total_steps + 1):
@@ -933,12 +919,10 @@ def main(args: Args):
                     closing.close()
                 stop.exit(step, path, args)
 
-    # Each member's final evaluation, and its best one labelled as such (selected on the evaluations themselves).
     for i, (member, member_evaluations) in enumerate(zip(members, evaluations)):
         final, best = member_evaluations[-1], max(member_evaluations, key=lambda e: e[key])
-        print((f"{member.name}: " if len(members) > 1 else "") + f"final (step {final[0]:,}): "
-              f"{'normalized' if key == 2 else 'return'} {final[key]:.2f}; best evaluation (step {best[0]:,}): "
-              f"{best[key]:.2f}")
+        print((f"{member.name}: " if len(members) > 1 else "") + f"final (step {final[0]:,}): {scored} "
+              f"{final[key]:.2f}; best evaluation (step {best[0]:,}): {best[key]:.2f}")
         if args.save_model:  # one file per member, without the member axis
             path = run_dir / ("" if len(members) == 1 else member.name) / f"{args.exp_name}.pt"
             torch.save({"args": asdict(replace(args, seed=member.seed, num_seeds=1, expectile=[member.expectile],
