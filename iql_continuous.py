@@ -512,12 +512,12 @@ def load_minari_dataset(dataset_id: str):
     if os.environ.get("MINARI_DATASETS_PATH") == "":
         raise UserError("MINARI_DATASETS_PATH is set but empty: unset it (~/.minari/datasets) or name a folder")
     root = Path(os.environ.get("MINARI_DATASETS_PATH", Path.home() / ".minari" / "datasets"))
-    if (root / dataset_id / "data").is_dir():
-        try:
+    try:
+        if (root / dataset_id / "data").is_dir():
             return minari.load_dataset(dataset_id)
-        except Exception as e:  # a truncated download or a corrupt file
-            raise UserError(f"cannot read dataset '{dataset_id}' from {root / dataset_id / 'data'} ({first_line(e)});"
-                            " delete that folder and download it again") from None
+    except Exception as e:  # a truncated download or a corrupt file
+        raise UserError(f"cannot read dataset '{dataset_id}' from {root / dataset_id / 'data'} ({first_line(e)}); "
+                        "delete that folder and download it again") from None
     try:
         if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
             raise ConnectionError("HF_HUB_OFFLINE is set")
@@ -790,7 +790,7 @@ def progress_line(step: int, total: int, rate: float, last_eval: str, members: i
 
 
 def check_finite(losses: dict, step: int, members: list):
-    """Stop a run whose losses (one value per member) became NaN or infinite, naming the member in a population
+    """Stop a run whose losses (a value per member) became NaN or infinite, naming the member of a population
     (checked at log steps only: no extra host sync). The whole population stops."""
     bad = [f"{tag} = {v}" + (f" (member {m.name})" if len(members) > 1 else "") for tag, values in losses.items()
            for m, v in zip(members, values) if not math.isfinite(v)]
@@ -802,26 +802,26 @@ def check_finite(losses: dict, step: int, members: list):
 def make_writers(args: Args, run_dir: Path, start: int, device, texts: dict, members: list) -> list:
     """One TensorBoard run per member (the run folder itself for a single run, else `{run_dir}/{member}`), and one
     W&B run with --track; a resumed run continues without repeated steps."""
+    single = len(members) == 1
     if args.track:
         import wandb
 
-        if len(members) > 1:  # one W&B run, each member's scalars under its folder's name
+        if not single:  # one W&B run, each member's scalars under its folder's name
             wandb.tensorboard.patch(root_logdir=str(run_dir))
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=len(members) == 1,
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=single,
                    config=vars(args), name=run_dir.name, save_code=True)
     from torch.utils.tensorboard import SummaryWriter
 
-    writers = []
-    for m in members:
-        writers.append(SummaryWriter(str(run_dir if len(members) == 1 else run_dir / m.name),
-                                     purge_step=start + 1 if start else None))
+    writers = [SummaryWriter(str(run_dir if single else run_dir / m.name), purge_step=start + 1 if start else None)
+               for m in members]
+    for m, writer in zip(members, writers):
         table = {**vars(args), "seed": m.seed, "expectile": m.expectile, "temperature": m.temperature,
                  "device used": device}
-        rows = "\n".join(f"|{k}|{v}|" for k, v in table.items())
-        for tag, text in {"hyperparameters": "|param|value|\n|-|-|\n" + rows, **texts}.items():
-            writers[-1].add_text(tag, text)
-    print(f"run folder: {run_dir}" + (f" ({len(members)} members: {', '.join(m.name for m in members)})"
-                                      if len(members) > 1 else ""))
+        rows = "".join(f"\n|{k}|{v}|" for k, v in table.items())
+        for tag, text in {"hyperparameters": "|param|value|\n|-|-|" + rows, **texts}.items():
+            writer.add_text(tag, text)
+    print(f"run folder: {run_dir}" + ("" if single else f" ({len(members)} members: "
+                                          f"{', '.join(m.name for m in members)})"))
     return writers
 
 
