@@ -12,7 +12,7 @@ The update is the one of iql_continuous.py (the shared code is copied on purpose
 What differs: observations are dicts (network input = achieved_goal + observation + desired_goal), rewards are
 shifted to r - 1 with a terminal where r > 0, and evaluation runs episodic mazes scored by success rate.
 
-One update (paper Algorithm 1, IK `learner.py`):
+One update (IK `learner.py`, which interleaves the paper's Algorithm 1, V and Q, with its policy extraction):
   1. V   <- expectile regression of V(s) on min(Q1_targ, Q2_targ)(s, a)
   2. pi  <- advantage-weighted regression, weights exp(temperature * (Q_targ - V_new)), clipped at 100
   3. Q   <- regression on r + gamma * mask * V_new(s')
@@ -134,7 +134,8 @@ def expectile_loss(diff: torch.Tensor, expectile) -> torch.Tensor:
 
 
 def awr_loss(log_prob, advantage, temperature, max_weight: float):
-    """Paper eq. 7: -mean(min(exp(beta * A), max_weight) * log pi(a|s)); the weights carry no gradient."""
+    """Paper eq. 7, -mean(exp(beta * A) * log pi(a|s)), with the weights clipped at max_weight (IK `actor.py`) and
+    carrying no gradient."""
     weights = torch.exp(temperature * advantage.detach()).clamp(max=max_weight)
     return -(weights * log_prob).mean(-1), weights
 
@@ -554,7 +555,7 @@ def flatten_maze_episodes(episodes, goal_input: bool) -> dict[str, np.ndarray]:
             parts[key].append(x)
     data = {k: np.concatenate(v, dtype=np.float32) for k, v in parts.items()}
     data["rewards"], data["terminals"] = maze_rewards_and_terminals(data["rewards"])
-    # IK clips dataset actions so that log-probs stay finite near the bounds (an infinite one is left for check_data).
+    # As IK `dataset_utils.py`: actions clipped to +-(1 - 1e-5), which a tanh-squashed log-prob would need.
     np.clip(data["actions"], -1 + 1e-5, 1 - 1e-5, out=data["actions"], where=np.isfinite(data["actions"]))
     return data
 
@@ -567,6 +568,12 @@ def read_episodes(datasets):
         except OSError as e:
             raise UserError(f"cannot read {dataset.spec.data_path} ({first_line(e)}); delete that folder and "
                             "download the dataset again") from None
+
+
+def check_actions(space, env_id: str):
+    """The tanh policy acts in [-1, 1]: refuse other actions (the dataset's clip would hide them)."""
+    if not (isinstance(space, gym.spaces.Box) and np.all(space.low == -1) and np.all(space.high == 1)):
+        raise UserError(f"'{env_id}' has actions {space}; the tanh policy here acts in Box(-1.0, 1.0)")
 
 
 def check_data(data: dict, env_id: str):
@@ -602,6 +609,7 @@ def load_data(args: Args, device):
     if first.env_spec is not None and first.env_spec.kwargs.get("reward_type") == "dense":
         raise UserError(f"'{args.env_id}' has dense rewards; this script's terminal rule (r > 0 at the goal) "
                         "needs the sparse 0/1 maze rewards that IQL's AntMaze setting uses.")
+    check_actions(first.action_space, args.env_id)
     data = flatten_maze_episodes(read_episodes(datasets), args.goal_input)
     check_data(data, args.env_id)
     data["masks"] = 1.0 - data["terminals"].astype(np.float32)
@@ -610,6 +618,16 @@ def load_data(args: Args, device):
 
 
 # ---- Evaluation: episodic mazes, scored by success -------------------------------------------------------------------
+def eval_env_spec(dataset):
+    """The dataset's evaluation env spec; an env that cannot be made (no spec, a package missing) fails here."""
+    try:
+        env = dataset.recover_environment(eval_env=True)
+    except Exception as e:
+        raise UserError(f"cannot make the evaluation env of '{dataset.spec.dataset_id}' ({first_line(e)})") from None
+    env.close()
+    return env.spec
+
+
 def make_eval_envs(env_spec, num_envs: int, render: bool = False, **overrides) -> gym.vector.SyncVectorEnv:
     """A sync vector env of the dataset's eval env (keyword overrides go to every env); with render, the first
     env renders rgb frames. Sync, not async: faster for 100 PointMaze envs on 2 cores (benchmarks/SPEED.md)."""
@@ -649,10 +667,7 @@ def make_maze_eval_envs(dataset, num_envs: int, render: bool = False) -> gym.vec
     """The dataset's eval env, episodic. Minari's maze eval envs are continuing tasks whose return counts the
     steps spent at the goal; continuing_task=False ends an episode at the goal, so info["success"] gives D4RL's
     success rate. The horizon stays the eval spec's."""
-    env = dataset.recover_environment(eval_env=True)
-    spec = env.spec
-    env.close()
-    return make_eval_envs(spec, num_envs, render=render, continuing_task=False)
+    return make_eval_envs(eval_env_spec(dataset), num_envs, render=render, continuing_task=False)
 
 
 def check_video(envs, seed: int):
@@ -820,8 +835,9 @@ def main(args: Args):
     t0 = time.time()
     data, dataset, info = load_data(args, device)  # the whole dataset lives on the training device
     (n, obs_dim), act_dim = data.observations.shape, data.actions.shape[1]
-    print(f"loaded {args.env_id}: {n:,} transitions, input {obs_dim} (goal {'in' if args.goal_input else 'left out'}), "
-          f"action {act_dim}, {100 * info['goal_fraction']:.2f}% at the goal ({time.time() - t0:.1f}s) on {device}")
+    print(f"loaded {args.env_id} ({' + '.join(info['dataset_ids'])}): {n:,} transitions, input {obs_dim} (goal "
+          f"{'in' if args.goal_input else 'left out'}), action {act_dim}, {100 * info['goal_fraction']:.2f}% at the "
+          f"goal ({time.time() - t0:.1f}s) on {device}")
     if args.batch_size > n:
         raise UserError(f"--batch-size {args.batch_size} is larger than the dataset ({n} transitions)")
     args, table = with_domain_defaults(args, "maze")

@@ -7,7 +7,7 @@ Defaults follow the authors' JAX code (github.com/ikostrikov/implicit_q_learning
     python iql_continuous.py --env-id halfcheetah-medium-v2
     python iql_continuous.py --env-id pen-human-v1
 
-One update (paper Algorithm 1, IK `learner.py`):
+One update (IK `learner.py`, which interleaves the paper's Algorithm 1, V and Q, with its policy extraction):
   1. V   <- expectile regression of V(s) on min(Q1_targ, Q2_targ)(s, a)
   2. pi  <- advantage-weighted regression, weights exp(temperature * (Q_targ - V_new)), clipped at 100
   3. Q   <- regression on r + gamma * mask * V_new(s')
@@ -129,7 +129,8 @@ def expectile_loss(diff: torch.Tensor, expectile) -> torch.Tensor:
 
 
 def awr_loss(log_prob, advantage, temperature, max_weight: float):
-    """Paper eq. 7: -mean(min(exp(beta * A), max_weight) * log pi(a|s)); the weights carry no gradient."""
+    """Paper eq. 7, -mean(exp(beta * A) * log pi(a|s)), with the weights clipped at max_weight (IK `actor.py`) and
+    carrying no gradient."""
     weights = torch.exp(temperature * advantage.detach()).clamp(max=max_weight)
     return -(weights * log_prob).mean(-1), weights
 
@@ -557,22 +558,14 @@ def flatten_episodes(episodes) -> dict[str, np.ndarray]:
             for k in ("observations", "actions", "rewards", "next_observations")}
     data["terminals"] = np.concatenate(parts["terminals"]).astype(bool)
     data["episode_ends"] = np.concatenate(parts["episode_ends"])
-    # IK clips dataset actions so that log-probs stay finite near the bounds (an infinite one is left for check_data).
+    # As IK `dataset_utils.py`: actions clipped to +-(1 - 1e-5), which a tanh-squashed log-prob would need.
     np.clip(data["actions"], -1 + 1e-5, 1 - 1e-5, out=data["actions"], where=np.isfinite(data["actions"]))
     return data
 
 
-def trajectory_ends(observations, next_observations, terminals, episode_ends) -> np.ndarray:
-    """Where a trajectory ends: a terminal, a known episode end, or (IK `dataset_utils.py`) a row whose
-    next observation differs from the following row's observation by more than 1e-6. The last row ends one."""
-    ends = terminals | episode_ends
-    ends[:-1] |= np.linalg.norm(observations[1:] - next_observations[:-1], axis=-1) > 1e-6
-    ends[-1] = True
-    return ends
-
-
 def reward_scale(rewards, ends) -> float:
-    """IK's locomotion reward normalisation: 1000 / (max - min undiscounted trajectory return)."""
+    """IK's locomotion reward normalisation: 1000 / (max - min undiscounted trajectory return). IK cuts D4RL's flat
+    arrays into trajectories where an observation jumps (`dataset_utils.py`); Minari's episode ends are those cuts."""
     returns = np.bincount(np.concatenate([[0], np.cumsum(ends[:-1])]), weights=rewards)
     if returns.max() == returns.min():
         raise UserError("reward normalisation needs trajectories with different returns; use --no-normalize-reward")
@@ -587,6 +580,12 @@ def read_episodes(datasets):
         except OSError as e:
             raise UserError(f"cannot read {dataset.spec.data_path} ({first_line(e)}); delete that folder and "
                             "download the dataset again") from None
+
+
+def check_actions(space, env_id: str):
+    """The tanh policy acts in [-1, 1]: refuse other actions (the dataset's clip would hide them)."""
+    if not (isinstance(space, gym.spaces.Box) and np.all(space.low == -1) and np.all(space.high == 1)):
+        raise UserError(f"'{env_id}' has actions {space}; the tanh policy here acts in Box(-1.0, 1.0)")
 
 
 def check_data(data: dict, env_id: str):
@@ -616,12 +615,12 @@ def load_data(args: Args, device):
     if isinstance(first.observation_space, gym.spaces.Dict) and domain != "kitchen":
         raise UserError(f"'{args.env_id}' has dict observations ({', '.join(first.observation_space.spaces)}) from "
                         f"{env_name or 'an unknown env'}: this script takes flat observations and Kitchen's.")
+    check_actions(first.action_space, args.env_id)
     data = flatten_episodes(read_episodes(datasets))
     check_data(data, args.env_id)
     scale = 1.0  # only locomotion rewards are scaled (IK); Adroit and Kitchen rewards stay as stored
     if args.normalize_reward and domain == "locomotion":
-        ends = trajectory_ends(data["observations"], data["next_observations"], data["terminals"], data["episode_ends"])
-        scale = reward_scale(data["rewards"], ends)
+        scale = reward_scale(data["rewards"], data["episode_ends"])
     data["rewards"] = data["rewards"] * np.float32(scale)
     data["masks"] = 1.0 - data["terminals"].astype(np.float32)
     batch = Batch(*(torch.from_numpy(data[k]).to(device) for k in Batch._fields))
@@ -633,6 +632,16 @@ def load_data(args: Args, device):
 # counts the tasks completed). Minari's Kitchen data were recorded with tasks kept, so their rewards repeat on every
 # step while a task stays done: training uses them as stored, evaluation scores the D4RL way.
 KITCHEN_EVAL = {"remove_task_when_completed": True, "terminate_on_tasks_completed": True}
+
+
+def eval_env_spec(dataset):
+    """The dataset's evaluation env spec; an env that cannot be made (no spec, a package missing) fails here."""
+    try:
+        env = dataset.recover_environment(eval_env=True)
+    except Exception as e:
+        raise UserError(f"cannot make the evaluation env of '{dataset.spec.dataset_id}' ({first_line(e)})") from None
+    env.close()
+    return env.spec
 
 
 def make_eval_envs(env_spec, num_envs: int, render: bool = False, **overrides) -> gym.vector.SyncVectorEnv:
@@ -838,8 +847,8 @@ def main(args: Args):
     t0 = time.time()
     data, dataset, info = load_data(args, device)  # the whole dataset lives on the training device
     (n, obs_dim), act_dim = data.observations.shape, data.actions.shape[1]
-    print(f"loaded {args.env_id}: {n:,} transitions, obs {obs_dim}, action {act_dim}, "
-          f"reward scale {info['reward_scale']:.4g} ({time.time() - t0:.1f}s) on {device}")
+    print(f"loaded {args.env_id} ({' + '.join(info['dataset_ids'])}): {n:,} transitions, obs {obs_dim}, action "
+          f"{act_dim}, reward scale {info['reward_scale']:.4g} ({time.time() - t0:.1f}s) on {device}")
     if info["domain"] is None:
         print(f"note: {dataset.env_spec.id if dataset.env_spec else 'this env'} is none of the known domains: the "
               "locomotion hyperparameters apply, and its rewards stay unscaled")
@@ -849,10 +858,8 @@ def main(args: Args):
         raise UserError(f"--batch-size {args.batch_size} is larger than the dataset ({n} transitions)")
     members, (ref_min, ref_max, ref_source) = population(args), reference_scores(dataset, info["task"])
     print(f"normalised score from {ref_source}" + ("" if ref_min is not None else ": logging the return only"))
-    eval_env = dataset.recover_environment(eval_env=True)
-    envs = make_eval_envs(eval_env.spec, len(members) * args.eval_episodes, render=args.capture_video,
-                          **(KITCHEN_EVAL if info["domain"] == "kitchen" else {}))
-    eval_env.close()
+    envs = make_eval_envs(eval_env_spec(dataset), len(members) * args.eval_episodes,
+                          render=args.capture_video, **(KITCHEN_EVAL if info["domain"] == "kitchen" else {}))
     if args.capture_video:
         check_video(envs, args.seed)
     eval_rngs = [np.random.default_rng(m.seed) for m in members]  # fresh, reproducible episode seeds per evaluation

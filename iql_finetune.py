@@ -5,7 +5,8 @@ Kostrikov, Nair & Levine, "Offline Reinforcement Learning with Implicit Q-Learni
 (arXiv 2110.06169), section 5.3. The protocol is the authors' fine-tuning set-up (github.com/ikostrikov/
 implicit_q_learning `train_finetune.py`, "IK" below): 1M offline updates, then 1M online steps of one environment
 step and one update each, constant learning rates; expectile and temperature per domain (DOMAIN_DEFAULTS; AntMaze:
-0.9 and 10).
+0.9 and 10). One difference: online locomotion rewards get the dataset's reward scale; IK stores them unscaled next to
+the scaled dataset rewards (mazes: r - 1 on both, as in IK).
 
     python iql_finetune.py --env-id antmaze-umaze-v2
 
@@ -15,7 +16,8 @@ iql_continuous.py. What this script adds: the replay buffer, the online environm
 
   for each update:
     online phase only: act with a sample of the policy, step the env, append the transition to the buffer
-    one IQL update on a uniform batch from the buffer (paper Algorithm 1, IK `learner.py`):
+    one IQL update on a uniform batch from the buffer (IK `learner.py`: paper Algorithm 1 interleaved with
+    the policy extraction):
       1. V   <- expectile regression of V(s) on min(Q1_targ, Q2_targ)(s, a)
       2. pi  <- advantage-weighted regression, weights exp(temperature * (Q_targ - V_new)), clipped at 100
       3. Q   <- regression on r + gamma * mask * V_new(s')
@@ -90,7 +92,7 @@ class Args:
     goal_input: bool = True
     """mazes: append desired_goal to the network input (--no-goal-input: D4RL's input)"""
     normalize_reward: bool = True
-    """locomotion: scale rewards by 1000 / (max - min trajectory return) of the dataset, online rewards too"""
+    """locomotion: scale rewards by 1000 / (max - min trajectory return) of the dataset, online ones too (IK: not)"""
 
     offline_steps: int = 1_000_000
     """gradient updates on the dataset alone, before any interaction"""
@@ -153,7 +155,8 @@ def expectile_loss(diff: torch.Tensor, expectile) -> torch.Tensor:
 
 
 def awr_loss(log_prob, advantage, temperature, max_weight: float):
-    """Paper eq. 7: -mean(min(exp(beta * A), max_weight) * log pi(a|s)); the weights carry no gradient."""
+    """Paper eq. 7, -mean(exp(beta * A) * log pi(a|s)), with the weights clipped at max_weight (IK `actor.py`) and
+    carrying no gradient."""
     weights = torch.exp(temperature * advantage.detach()).clamp(max=max_weight)
     return -(weights * log_prob).mean(-1), weights
 
@@ -676,7 +679,7 @@ def flatten_maze_episodes(episodes, goal_input: bool) -> dict[str, np.ndarray]:
             parts[key].append(x)
     data = {k: np.concatenate(v, dtype=np.float32) for k, v in parts.items()}
     data["rewards"], data["terminals"] = maze_rewards_and_terminals(data["rewards"])
-    # IK clips dataset actions so that log-probs stay finite near the bounds (an infinite one is left for check_data).
+    # As IK `dataset_utils.py`: actions clipped to +-(1 - 1e-5), which a tanh-squashed log-prob would need.
     np.clip(data["actions"], -1 + 1e-5, 1 - 1e-5, out=data["actions"], where=np.isfinite(data["actions"]))
     return data
 
@@ -703,22 +706,14 @@ def flatten_episodes(episodes) -> dict[str, np.ndarray]:
             for k in ("observations", "actions", "rewards", "next_observations")}
     data["terminals"] = np.concatenate(parts["terminals"]).astype(bool)
     data["episode_ends"] = np.concatenate(parts["episode_ends"])
-    # IK clips dataset actions so that log-probs stay finite near the bounds (an infinite one is left for check_data).
+    # As IK `dataset_utils.py`: actions clipped to +-(1 - 1e-5), which a tanh-squashed log-prob would need.
     np.clip(data["actions"], -1 + 1e-5, 1 - 1e-5, out=data["actions"], where=np.isfinite(data["actions"]))
     return data
 
 
-def trajectory_ends(observations, next_observations, terminals, episode_ends) -> np.ndarray:
-    """Where a trajectory ends: a terminal, a known episode end, or (IK `dataset_utils.py`) a row whose
-    next observation differs from the following row's observation by more than 1e-6. The last row ends one."""
-    ends = terminals | episode_ends
-    ends[:-1] |= np.linalg.norm(observations[1:] - next_observations[:-1], axis=-1) > 1e-6
-    ends[-1] = True
-    return ends
-
-
 def reward_scale(rewards, ends) -> float:
-    """IK's locomotion reward normalisation: 1000 / (max - min undiscounted trajectory return)."""
+    """IK's locomotion reward normalisation: 1000 / (max - min undiscounted trajectory return). IK cuts D4RL's flat
+    arrays into trajectories where an observation jumps (`dataset_utils.py`); Minari's episode ends are those cuts."""
     returns = np.bincount(np.concatenate([[0], np.cumsum(ends[:-1])]), weights=rewards)
     if returns.max() == returns.min():
         raise UserError("reward normalisation needs trajectories with different returns; use --no-normalize-reward")
@@ -743,6 +738,12 @@ def read_episodes(datasets):
                             "download the dataset again") from None
 
 
+def check_actions(space, env_id: str):
+    """The tanh policy acts in [-1, 1]: refuse other actions (the dataset's clip would hide them)."""
+    if not (isinstance(space, gym.spaces.Box) and np.all(space.low == -1) and np.all(space.high == 1)):
+        raise UserError(f"'{env_id}' has actions {space}; the tanh policy here acts in Box(-1.0, 1.0)")
+
+
 def check_data(data: dict, env_id: str):
     """Refuse NaN or infinite values in the dataset: one of them turns every loss into NaN within a few updates."""
     for key in ("observations", "next_observations", "actions", "rewards"):
@@ -761,6 +762,7 @@ def load_data(args: Args):
     datasets = [load_minari_dataset(i) for i in dataset_ids]
     first = datasets[0]
     episodes = read_episodes(datasets)
+    check_actions(first.action_space, args.env_id)
     space = first.observation_space
     maze = isinstance(space, gym.spaces.Dict)
     env_name = first.env_spec.name if first.env_spec is not None else ""
@@ -780,9 +782,7 @@ def load_data(args: Args):
         data = flatten_episodes(episodes)
         check_data(data, args.env_id)
         if args.normalize_reward and domain == "locomotion":
-            ends = trajectory_ends(data["observations"], data["next_observations"], data["terminals"],
-                                   data["episode_ends"])
-            scale = reward_scale(data["rewards"], ends)
+            scale = reward_scale(data["rewards"], data["episode_ends"])
         data["rewards"] = data["rewards"] * np.float32(scale)
     data["masks"] = 1.0 - data["terminals"].astype(np.float32)
     batch = Batch(*(torch.from_numpy(data[k]) for k in Batch._fields))
@@ -805,6 +805,16 @@ def online_transition(x, action, reward: float, next_x, terminated: bool, info: 
 
 
 # ---- Evaluation ------------------------------------------------------------------------------------------------------
+def eval_env_spec(dataset):
+    """The dataset's evaluation env spec; an env that cannot be made (no spec, a package missing) fails here."""
+    try:
+        env = dataset.recover_environment(eval_env=True)
+    except Exception as e:
+        raise UserError(f"cannot make the evaluation env of '{dataset.spec.dataset_id}' ({first_line(e)})") from None
+    env.close()
+    return env.spec
+
+
 def make_eval_envs(env_spec, num_envs: int, render: bool = False, **overrides) -> gym.vector.SyncVectorEnv:
     """A sync vector env of the dataset's eval env (keyword overrides go to every env); with render, the first
     env renders rgb frames. Sync, not async: faster for 100 PointMaze envs on 2 cores (benchmarks/SPEED.md)."""
@@ -859,9 +869,7 @@ def make_envs(dataset, maze: bool, members: int, num_eval: int, render: bool = F
     now and then: the wrong env to act in. Its eval spec has the evaluation horizon; with continuing_task=False
     an episode ends at the goal (a true termination, info["success"]), as D4RL's AntMaze episodes do. IK acts
     and evaluates in one env; a separate one keeps evaluation from cutting the online episodes short."""
-    env = dataset.recover_environment(eval_env=True)
-    spec = env.spec
-    env.close()
+    spec = eval_env_spec(dataset)
     overrides = {"continuing_task": False} if maze else {}
     online = [gym.make(spec, **overrides) for _ in range(members)]
     return online, make_eval_envs(spec, num_eval, render=render, **overrides)
@@ -1105,8 +1113,9 @@ def main(args: Args):
     members = population(args)
     buffer = ReplayBuffer(data, args.buffer_size, device, len(members), args.online_steps)
     del data
-    print(f"loaded {args.env_id}: {n:,} transitions, input {obs_dim}, action {act_dim}, "
-          + ("rewards r - 1, terminal at the goal" if info["maze"] else f"reward scale {info['reward_scale']:.4g}")
+    print(f"loaded {args.env_id} ({' + '.join(info['dataset_ids'])}): {n:,} transitions, input {obs_dim}, action "
+          f"{act_dim}, " + ("rewards r - 1, terminal at the goal" if info["maze"] else
+                            f"reward scale {info['reward_scale']:.4g}")
           + f" ({time.time() - t0:.1f}s); replay buffer of {args.buffer_size:,} on {device}")
     if args.batch_size > n:
         raise UserError(f"--batch-size {args.batch_size} is larger than the dataset ({n} transitions)")
@@ -1114,10 +1123,7 @@ def main(args: Args):
 
     online_envs, envs = make_envs(dataset, info["maze"], len(members), len(members) * args.eval_episodes,
                                   render=args.capture_video)
-    env, eval_spec = online_envs[0], envs.envs[0].spec
-    if not (np.all(env.action_space.low == -1) and np.all(env.action_space.high == 1)):
-        raise UserError(f"{eval_spec.id} has actions in [{env.action_space.low}, {env.action_space.high}]; "
-                        "the tanh policy here acts in [-1, 1]")
+    eval_spec = envs.envs[0].spec
     ref_min, ref_max, ref_source = (0.0, 1.0, "100 x success rate") if info["maze"] else \
         reference_scores(dataset, info["task"])
     print(f"online and evaluation env: {eval_spec.id}" + (" with continuing_task=False" if info["maze"] else "")

@@ -9,13 +9,13 @@ import pytest
 ALL = ("iql_continuous", "iql_antmaze", "iql_finetune")
 COPIES = {  # the scripts that hold a copy: the names they hold
     ALL: ["UserError", "check_track", "env_domain", "with_domain_defaults", "first_line", "load_minari_dataset",
-          "read_episodes", "check_data", "check_video", "run_folder", "make_writers",
+          "read_episodes", "check_actions", "check_data", "check_video", "eval_env_spec", "run_folder", "make_writers",
           "Batch", "expectile_loss", "awr_loss", "td_target", "q_loss", "gaussian_log_prob", "cosine_decay", "mlp",
           "TwinQ", "Value", "Actor", "optimizer_step", "update", "Networks", "make_networks", "make_train_step",
           "cuda_graph", "progress_line", "check_finite", "save_state", "restore_state", "StopSignal",
           "make_eval_envs", "Linear", "stack_members", "member_state", "Member", "population"],
     ("iql_continuous", "iql_antmaze"): ["check_args", "sample_batch"],
-    ("iql_continuous", "iql_finetune"): ["flat_observations", "flatten_episodes", "trajectory_ends", "reward_scale",
+    ("iql_continuous", "iql_finetune"): ["flat_observations", "flatten_episodes", "reward_scale",
                                          "reference_scores"],
     ("iql_antmaze", "iql_finetune"): ["maze_observations", "maze_rewards_and_terminals", "flatten_maze_episodes",
                                       "record_success", "evaluate"],

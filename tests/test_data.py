@@ -33,16 +33,9 @@ def test_unknown_names(name):
 
 # --- reward normalisation --------------------------------------------------------------------------
 def test_reward_normalisation_three_trajectories():
-    # Three trajectories: rows 0-1 end with a terminal; rows 2-3 end where the next row's observation
-    # jumps (no terminal, no known episode end: IK's discontinuity rule); rows 4-6 end at the last row.
-    obs = np.array([[0.0], [1.0], [5.0], [6.0], [9.0], [10.0], [11.0]], dtype=np.float32)
-    next_obs = np.array([[1.0], [2.0], [6.0], [7.0], [10.0], [11.0], [12.0]], dtype=np.float32)
-    terminals = np.array([0, 1, 0, 0, 0, 0, 0], dtype=bool)
-    episode_ends = np.zeros(7, dtype=bool)
-    ends = iql.trajectory_ends(obs, next_obs, terminals, episode_ends)
-    np.testing.assert_array_equal(ends, [0, 1, 0, 1, 0, 0, 1])
+    # Three episodes (their last rows marked): returns 3, 30, -3, so scale = 1000 / (30 - (-3))
+    ends = np.array([0, 1, 0, 1, 0, 0, 1], dtype=bool)
     rewards = np.array([1.0, 2.0, 10.0, 20.0, -1.0, -1.0, -1.0])
-    # returns 3, 30, -3: scale = 1000 / (30 - (-3))
     assert iql.reward_scale(rewards, ends) == pytest.approx(1000 / 33)
 
 
@@ -51,47 +44,17 @@ def test_reward_normalisation_refuses_zero_span():
         iql.reward_scale(np.array([1.0, 2.0, 3.0]), np.array([0, 0, 1], bool))  # a single trajectory
 
 
-def test_known_episode_end_splits_even_without_jump():
-    obs = np.array([[0.0], [1.0], [2.0]])
-    next_obs = np.array([[1.0], [2.0], [3.0]])  # continuous, but an episode ended after row 0
-    ends = iql.trajectory_ends(obs, next_obs, np.zeros(3, bool), np.array([1, 0, 0], bool))
-    np.testing.assert_array_equal(ends, [1, 0, 1])
-    assert iql.reward_scale(np.array([5.0, 1.0, 1.0]), ends) == pytest.approx(1000 / 3)
-
-
-# --- flattening real Minari episodes ---------------------------------------------------------------
-def test_flatten_matches_raw_episodes(minari_root):
-    import minari
-
-    root, buffers = minari_root
-    raw = buffers["test/hopper/random-v0"]
-    data = iql.flatten_episodes(minari.load_dataset("test/hopper/random-v0").iterate_episodes())
-    lengths = [len(b.rewards) for b in raw]
-    assert len(data["rewards"]) == sum(lengths)
-    start = 0
-    for b, n in zip(raw, lengths):
-        obs = np.asarray(b.observations, dtype=np.float32)
-        np.testing.assert_allclose(data["observations"][start:start + n], obs[:-1])
-        np.testing.assert_allclose(data["next_observations"][start:start + n], obs[1:])  # s' of row t is s of t+1
-        np.testing.assert_allclose(data["actions"][start:start + n], np.clip(b.actions, -1 + 1e-5, 1 - 1e-5))
-        np.testing.assert_array_equal(data["terminals"][start:start + n], b.terminations)
-        assert data["episode_ends"][start + n - 1] and not data["episode_ends"][start:start + n - 1].any()
-        start += n
-    # Both kinds of episode end exist, and only terminations are terminal.
-    assert any(b.terminations[-1] for b in raw) and any(b.truncations[-1] for b in raw)
-    assert data["terminals"].sum() == sum(b.terminations[-1] for b in raw)
-    assert np.abs(data["actions"]).max() <= 1 - 1e-5
-
-
 def test_load_data_masks_scale_and_device(minari_root):
     args = iql.Args(env_id="test/hopper/random-v0")
     data, dataset, info = iql.load_data(args, torch.device("cpu"))
     raw = iql.flatten_episodes(dataset.iterate_episodes())
     torch.testing.assert_close(data.masks, torch.from_numpy(1.0 - raw["terminals"].astype(np.float32)))
     assert info["task"] == "hopper"  # from the env spec Hopper-v5, not from the dataset id
-    ends = iql.trajectory_ends(raw["observations"], raw["next_observations"], raw["terminals"], raw["episode_ends"])
-    np.testing.assert_array_equal(ends, raw["episode_ends"])  # the jump rule adds no split inside an episode
-    assert info["reward_scale"] == pytest.approx(iql.reward_scale(raw["rewards"], ends))
+    # IK's jump rule (a trajectory ends where the next row's observation is not this row's next one) finds exactly
+    # Minari's episode ends, which the scale uses instead.
+    jumps = np.append(np.linalg.norm(raw["observations"][1:] - raw["next_observations"][:-1], axis=-1) > 1e-6, True)
+    np.testing.assert_array_equal(jumps, raw["episode_ends"])
+    assert info["reward_scale"] == pytest.approx(iql.reward_scale(raw["rewards"], raw["episode_ends"]))
     torch.testing.assert_close(data.rewards, torch.from_numpy(raw["rewards"] * np.float32(info["reward_scale"])))
     assert all(x.dtype == torch.float32 for x in data)
 

@@ -13,14 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, assert_one_line_error, run_main, run_script, scalars
+from conftest import ROOT, assert_one_line_error, rollout_buffers, run_main, run_script, scalars
 
 import iql_continuous as cont
 
 
 @pytest.fixture(scope="session")
 def broken_root(minari_root):
-    """`test/hopper/nan-v0` (one NaN reward) and `test/hopper/truncated-v0` (its data file cut in half)."""
+    """`test/hopper/nan-v0` (one NaN reward), `test/hopper/truncated-v0` (its data file cut in half),
+    `test/hopper/nospec-v0` (no env recorded: nothing to evaluate in) and `test/pendulum/wide-v0` (actions in
+    [-3, 3])."""
     import minari
     from minari.data_collector import EpisodeBuffer
 
@@ -40,6 +42,16 @@ def broken_root(minari_root):
         shutil.copytree(root / "test/hopper/random-v0", root / "test/hopper/truncated-v0")
         data_file = next((root / "test/hopper/truncated-v0/data").glob("*.hdf5"))
         data_file.write_bytes(data_file.read_bytes()[: data_file.stat().st_size // 2])
+        hopper = gym.make("Hopper-v5")
+        minari.create_dataset_from_buffers("test/hopper/nospec-v0", episodes[:2], action_space=hopper.action_space,
+                                           observation_space=hopper.observation_space, algorithm_name="x",
+                                           author="tests", author_email="-", code_permalink="-", description="no env")
+        hopper.close()
+        pendulum = gym.make("InvertedPendulum-v5", max_episode_steps=20)
+        minari.create_dataset_from_buffers("test/pendulum/wide-v0", rollout_buffers(pendulum, 2, seed=0), env=pendulum,
+                                           algorithm_name="x", author="tests", author_email="-", code_permalink="-",
+                                           description="actions in [-3, 3]")
+        pendulum.close()
     return root, buffers
 
 
@@ -73,6 +85,9 @@ BAD_INPUTS = [  # (script, flags, the message's telling part): every bad input a
     ("iql_finetune", ["--env-id", "test/hopper/nan-v0"], NAN),
     ("iql_continuous", ["--env-id", "test/hopper/truncated-v0"], TRUNCATED),
     ("iql_finetune", ["--env-id", "test/hopper/truncated-v0"], TRUNCATED),
+    ("iql_continuous", ["--env-id", "test/hopper/nospec-v0", "--batch-size", "32"], "cannot make the evaluation env"),
+    ("iql_continuous", ["--env-id", "test/pendulum/wide-v0"], "has actions Box(-3.0, 3.0, (1,), float32); the tanh"),
+    ("iql_finetune", ["--env-id", "test/pendulum/wide-v0"], "the tanh policy here acts in Box(-1.0, 1.0)"),
     ("iql_continuous", MAZE, "is a maze dataset"),  # the wrong observation kind for the script
     ("iql_antmaze", HOPPER, "is a locomotion dataset: use iql_continuous.py"),
     ("iql_finetune", ["--env-id", "test/kitchen/random-v0"], "offline only, with iql_continuous.py"),
@@ -167,7 +182,7 @@ def assert_same_training_state(a: dict, b: dict):
     ("iql_finetune", "test/pointmaze/random-v0", ["--offline-steps", "100", "--online-steps", "100",
                                                   "--checkpoint-freq", "1000"], 100),
     ("iql_finetune", "test/pointmaze/random-v0", ["--offline-steps", "100", "--online-steps", "60",
-                                                  "--checkpoint-freq", "1000", "--num-seeds", "2"], 100),  # a population
+                                                  "--checkpoint-freq", "1000", "--num-seeds", "2"], 100),  # population
 ])
 def test_resumed_run_ends_bit_identical(maze_root, tmp_path, capsys, script, dataset_id, flags, middle):
     common = ["--env-id", dataset_id, "--eval-freq", "100", "--eval-episodes", "2", "--hidden-dim", "32",
@@ -259,7 +274,7 @@ def test_resume_refuses_a_checkpoint_of_an_older_version(continuous_run, tmp_pat
     else:
         state["optimizers"].append(state["optimizers"][-1])  # as before the actor and critics shared one Adam
     torch.save(state, tmp_path / "checkpoint_20.pt")
-    with pytest.raises(cont.UserError, match=r"written by another version of iql_continuous.py, which this one cannot resume"):
+    with pytest.raises(cont.UserError, match=r"written by another version of iql_continuous.py, which this one cannot"):
         run_main("iql_continuous", tmp_path, "--resume", tmp_path / "checkpoint_20.pt")
 
 
