@@ -398,12 +398,15 @@ def cuda_graph(fn, warmup: int = 3):
 
 
 # ---- Data: D4RL names, domains and their defaults, Minari episodes -> transition tensors -----------------------------
-# D4RL locomotion names -> Minari ids; medium-expert is the two datasets concatenated, as D4RL built it.
-# medium-replay and random have no public Minari counterpart (Minari issue 318).
-D4RL_TO_MINARI = {"medium": ["medium-v0"], "expert": ["expert-v0"], "medium-expert": ["medium-v0", "expert-v0"],
-                  "medium-replay": None, "random": None}
-ADROIT_TASKS = ("pen", "door", "hammer", "relocate")  # {task}-{human,cloned,expert}-v{0,1} -> D4RL/{task}/{variant}-v2
-KITCHEN_TASKS = ("complete", "partial", "mixed")  # kitchen-{variant}-v0 -> D4RL/kitchen/{variant}-v2
+# D4RL names -> Minari ids ({} filled from the name; several ids are concatenated, as D4RL built medium-expert).
+# medium-replay and random have no public Minari counterpart (Minari issue 318): None.
+D4RL_TO_MINARI = {
+    r"(halfcheetah|hopper|walker2d)-(medium|expert)-v2": ["mujoco/{0}/{1}-v0"],
+    r"(halfcheetah|hopper|walker2d)-medium-expert-v2": ["mujoco/{0}/medium-v0", "mujoco/{0}/expert-v0"],
+    r"(halfcheetah|hopper|walker2d)-(medium-replay|random)-v2": None,
+    r"(pen|door|hammer|relocate)-(human|cloned|expert)-v[01]": ["D4RL/{0}/{1}-v2"],
+    r"kitchen-(complete|partial|mixed)-v0": ["D4RL/kitchen/{0}-v2"],
+}
 D4RL_REF_SCORES = {  # D4RL's reference returns (d4rl/infos.py): score = 100 * (R - min) / (max - min)
     "hopper": (-20.272305, 3234.3), "halfcheetah": (-280.178953, 12135.0), "walker2d": (1.629008, 4592.3),
     "pen": (96.262799, 3076.8331017826877), "door": (-56.512833, 2880.5693087298737),
@@ -479,27 +482,21 @@ def with_domain_defaults(args: Args, domain: str):
 
 def resolve_dataset_ids(env_id: str) -> list[str]:
     """Map a D4RL name to the Minari ids to load (concatenated), or pass a Minari id through."""
-    m = re.fullmatch(r"(halfcheetah|hopper|walker2d)-([a-z-]+)-v2", env_id)
-    if m and m.group(2) in D4RL_TO_MINARI:
-        task, kind = m.groups()
-        if D4RL_TO_MINARI[kind] is None:
-            available = ", ".join(f"{task}-{k}-v2" for k, v in D4RL_TO_MINARI.items() if v)
-            raise UserError(f"'{env_id}' has no Minari counterpart (Minari hosts no {kind} locomotion data; Minari "
-                            f"issue 318). Available: {available}, or any Minari id such as mujoco/{task}/simple-v0.")
-        return [f"mujoco/{task}/{name}" for name in D4RL_TO_MINARI[kind]]
-    m = re.fullmatch(r"([a-z]+)-(human|cloned|expert)-v[01]", env_id)
-    if m and m.group(1) in ADROIT_TASKS:
-        return [f"D4RL/{m.group(1)}/{m.group(2)}-v2"]
-    m = re.fullmatch(r"kitchen-([a-z]+)-v0", env_id)
-    if m and m.group(1) in KITCHEN_TASKS:
-        return [f"D4RL/kitchen/{m.group(1)}-v2"]
+    for pattern, ids in D4RL_TO_MINARI.items():
+        m = re.fullmatch(pattern, env_id)
+        if m and ids is None:
+            raise UserError(f"'{env_id}' has no Minari counterpart (Minari hosts no {m[2]} locomotion data; Minari "
+                            f"issue 318). Available: {m[1]}-medium-v2, {m[1]}-expert-v2, {m[1]}-medium-expert-v2, or any "
+                            f"Minari id such as mujoco/{m[1]}/simple-v0.")
+        if m:
+            return [i.format(*m.groups()) for i in ids]
     if re.fullmatch(r"(antmaze|maze2d)-.*", env_id):
         raise UserError(f"'{env_id}' is a maze dataset: use iql_antmaze.py for it.")
     if "/" in env_id and MINARI_ID.match(env_id):
         return [env_id]
     raise UserError(f"unknown env id '{env_id}'. Use a D4RL name {{halfcheetah,hopper,walker2d}}-{{medium,expert,"
-                    f"medium-expert}}-v2, {{{','.join(ADROIT_TASKS)}}}-{{human,cloned,expert}}-v1, kitchen-"
-                    f"{{{','.join(KITCHEN_TASKS)}}}-v0, or a Minari id namespace/name-vN (mujoco/hopper/simple-v0).")
+                    "medium-expert}-v2, {pen,door,hammer,relocate}-{human,cloned,expert}-v1, kitchen-{complete,partial,"
+                    "mixed}-v0, or a Minari id namespace/name-vN (mujoco/hopper/simple-v0).")
 
 
 def first_line(e: Exception) -> str:
