@@ -486,8 +486,8 @@ def resolve_dataset_ids(env_id: str) -> list[str]:
         m = re.fullmatch(pattern, env_id)
         if m and ids is None:
             raise UserError(f"'{env_id}' has no Minari counterpart (Minari hosts no {m[2]} locomotion data; Minari "
-                            f"issue 318). Available: {m[1]}-medium-v2, {m[1]}-expert-v2, {m[1]}-medium-expert-v2, or any "
-                            f"Minari id such as mujoco/{m[1]}/simple-v0.")
+                            f"issue 318). Available: {m[1]}-medium-v2, {m[1]}-expert-v2, {m[1]}-medium-expert-v2, "
+                            f"or any Minari id such as mujoco/{m[1]}/simple-v0.")
         if m:
             return [i.format(*m.groups()) for i in ids]
     if re.fullmatch(r"(antmaze|maze2d)-.*", env_id):

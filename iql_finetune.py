@@ -64,8 +64,7 @@ class Args:
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
     """the name of this experiment (part of the run name)"""
     seed: int = 1
-    """seed of the experiment (torch, numpy, random, the online env, evaluation episodes); a population's first
-    member's"""
+    """seed of torch, numpy, random, the online env and evaluation episodes (a population's: its first member's)"""
     num_seeds: int = 1
     """train this many runs at once, with seeds seed, seed+1, ...: one population (see `population`)"""
     torch_deterministic: bool = True
@@ -81,11 +80,9 @@ class Args:
     capture_video: bool = False
     """if toggled, record the first evaluation episode of each evaluation under `videos/{run_name}`"""
     save_model: bool = False
-    """if toggled, save the networks, optimisers and Args at the end of each phase to
-    `runs/{run_name}/{exp_name}_{offline,online}.pt`"""
+    """if toggled, save networks, optimisers and Args at each phase end: `runs/{run_name}/{exp_name}_{phase}.pt`"""
     checkpoint: Optional[str] = None
-    """a file saved by --save-model (this script's offline one, or iql_antmaze.py's / iql_continuous.py's):
-    start from it and skip pre-training"""
+    """a --save-model file (this script's offline one, or an offline script's): start from it, skip pre-training"""
 
     env_id: str = "antmaze-umaze-v2"
     """a D4RL name (antmaze-*-v2, maze2d-*-v1, pen-human-v1, hopper-medium-v2, ...) or a Minari dataset id"""
@@ -99,8 +96,7 @@ class Args:
     online_steps: int = 1_000_000
     """online steps after pre-training: one environment step and one gradient update each"""
     buffer_size: int = 2_000_000
-    """replay buffer capacity of each member (the dataset, shared, + its online transitions); beyond it the oldest
-    online ones are overwritten"""
+    """each member's replay capacity (the shared dataset + its online transitions); then its oldest online ones go"""
     batch_size: int = 256
     """transitions per update"""
     learning_rate: float = 3e-4
@@ -110,11 +106,9 @@ class Args:
     tau: float = 0.005
     """Polyak rate of the target critics (IK's name; the paper's tau is the expectile)"""
     expectile: Optional[list[float]] = None
-    """expectile of the value regression (0.5 = mean, towards 1 = max over dataset actions); several values are a
-    sweep; None: domain default"""
+    """expectile of the value regression (0.5 = mean, towards 1 = max); several: a sweep; None: domain default"""
     temperature: Optional[list[float]] = None
-    """inverse temperature beta of the advantage weights (0 is behaviour cloning); several values are a sweep; None:
-    domain default"""
+    """inverse temperature of the advantage weights (0: behaviour cloning); several: a sweep; None: domain default"""
     max_weight: float = 100.0
     """upper clip of the advantage weights exp(beta * A)"""
     dropout: Optional[float] = None
@@ -133,8 +127,8 @@ class Args:
     log_freq: int = 1000
     """copy the losses off the device and log them every this many updates"""
     checkpoint_freq: int = 100_000
-    """save the training state (with the replay buffer's online rows) to `runs/{run_name}/checkpoint_{step}.pt` every
-    this many updates, at the phase change and at the end (0: only on a stop signal)"""
+    """save the training state (buffer included) as `runs/{run_name}/checkpoint_{step}.pt` every this many updates,
+    at the phase change and at the end (0: only on a stop signal)"""
     resume: Optional[str] = None
     """a checkpoint_{step}.pt file: continue its run (its settings but the device flags, its folder) from that step"""
 
@@ -425,30 +419,22 @@ def cuda_graph(fn, warmup: int = 3):
 
 # ---- Fine-tuning: the replay buffer and the online step --------------------------------------------------------------
 class ReplayBuffer:
-    """Transitions on the training device, preallocated (IK `dataset_utils.ReplayBuffer`): the dataset once, shared
-    by all members, then each member's own online rows, room for `capacity - len(dataset)` of them each.
-    Each online transition goes into its member's next slot; once a member's online part is full its oldest online
-    row is overwritten, and the dataset stays. (IK's buffer is one ring over everything, which overwrites the dataset
-    first: the two differ only when the capacity is less than the dataset plus the online steps.) sample() draws each
-    member's batch uniformly over the dataset and that member's online rows; the number stored lives on the device
-    too, so sampling never waits for the host (and a CUDA graph sees it grow)."""
+    """Transitions preallocated on the training device (IK `dataset_utils.ReplayBuffer`): the dataset once, shared by
+    all members, then `room` online rows per member, the oldest overwritten once full (IK's one ring overwrites the
+    dataset first: the same unless capacity < dataset + online steps). A member samples uniformly over the dataset and
+    its own rows; the row count lives on the device: sampling never waits for the host, and a CUDA graph sees it."""
 
     def __init__(self, dataset: Batch, capacity: int, device, members: int = 1, online_steps: Optional[int] = None):
         n = len(dataset.rewards)
         if capacity < n:
-            raise UserError(f"--buffer-size {capacity:,} is smaller than the dataset ({n:,} transitions); "
-                            f"use at least {n:,} (the paper: 2,000,000, room for 1M online steps after 1M data)")
+            raise UserError(f"--buffer-size {capacity:,} is smaller than the dataset ({n:,} transitions); use at "
+                            f"least {n:,} (the paper: 2,000,000, room for 1M online steps after 1M data)")
         if capacity == n and online_steps:
-            raise UserError(f"--buffer-size {capacity:,} leaves no room beside the dataset for online transitions: "
-                            "make it larger")
-        # Room for at most the online steps a run makes: the same samples, without the unused rows.
-        self.n_data, self.members = n, members
+            raise UserError(f"--buffer-size {capacity:,} leaves no room beside the dataset for online transitions")
+        self.n_data, self.members, self.next, self.online = n, members, 0, 0  # next: the next slot; online: rows held
+        # room for the online steps a run makes, no more: the same samples, without unused rows
         self.room = capacity - n if online_steps is None else min(capacity - n, online_steps)
-        self.data = Batch(*(torch.zeros((n + members * self.room, *x.shape[1:]), dtype=x.dtype, device=device)
-                            for x in dataset))
-        for slot, x in zip(self.data, dataset):
-            slot[:n] = x.to(device)
-        self.next, self.online = 0, 0  # the next online slot, and the online rows each member holds
+        self.data = Batch(*(torch.cat([x, x.new_zeros(members * self.room, *x.shape[1:])]).to(device) for x in dataset))
         self.size = torch.tensor(n, device=device)  # the rows each member samples from
         self.offset = torch.arange(members, device=device)[:, None] * self.room  # member m's online rows: n + offset
 
@@ -456,33 +442,33 @@ class ReplayBuffer:
     def count(self) -> int:
         return self.n_data + self.online
 
+    def online_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """The online part of a column of `data`, as a (members, room, ...) view."""
+        return x[self.n_data:].view(self.members, self.room, *x.shape[1:])
+
     def add(self, obs, action, reward, next_obs, mask):
-        """Write each member's transition (each argument: one per member, along a leading axis) into its next slot,
-        without waiting for the device."""
-        for slot, x in zip(self.data, (obs, action, reward, next_obs, mask)):
-            x = torch.as_tensor(np.asarray(x, dtype=np.float32)).reshape(self.members, *slot.shape[1:])
-            slot[self.n_data:].view(self.members, self.room, *slot.shape[1:])[:, self.next].copy_(x, non_blocking=True)
-        self.next = (self.next + 1) % self.room
-        self.online = min(self.online + 1, self.room)
+        """Write each member's transition (each argument along a leading member axis) into its next slot, without
+        waiting for the device."""
+        for column, x in zip(self.data, (obs, action, reward, next_obs, mask)):
+            x = torch.as_tensor(np.asarray(x, dtype=np.float32)).reshape(self.members, *column.shape[1:])
+            self.online_rows(column)[:, self.next].copy_(x, non_blocking=True)
+        self.next, self.online = (self.next + 1) % self.room, min(self.online + 1, self.room)
         self.size.fill_(self.count)
 
     def state_dict(self) -> dict:
-        """The fill state and each member's online rows (the dataset part comes back from the data). The rows are
-        copied: torch.save of a slice (a view) writes its whole storage."""
-        return {"next": self.next, "online": self.online, "rows": {name: x[self.n_data:].view(
-            self.members, self.room, *x.shape[1:])[:, :self.online].to("cpu", copy=True)
-            for name, x in zip(Batch._fields, self.data)}}
+        """The fill state and the online rows (the dataset comes back from the data), copied: torch.save of a view
+        writes its whole storage."""
+        return {"next": self.next, "online": self.online, "rows": {name: self.online_rows(x)[:, :self.online].to(
+            "cpu", copy=True) for name, x in zip(Batch._fields, self.data)}}
 
     def load_state_dict(self, state: dict):
-        for name, slot in zip(Batch._fields, self.data):
-            slot[self.n_data:].view(self.members, self.room, *slot.shape[1:])[:, :state["online"]] = \
-                state["rows"][name].to(slot.device)
+        for name, x in zip(Batch._fields, self.data):
+            self.online_rows(x)[:, :state["online"]] = state["rows"][name].to(x.device)
         self.next, self.online = state["next"], state["online"]
         self.size.fill_(self.count)
 
     def sample(self, batch_size: int) -> Batch:
-        # randint over [0, 2^62) modulo the size: uniform up to a bias of size / 2^62; rows past the dataset are the
-        # member's own online rows
+        # randint over [0, 2^62) modulo the size: uniform up to a bias of size / 2^62; past the dataset: own rows
         idx = torch.randint(2**62, (self.members, batch_size), device=self.size.device) % self.size
         idx = torch.where(idx < self.n_data, idx, idx + self.offset)
         return Batch(*(x[idx] for x in self.data))
@@ -496,14 +482,14 @@ def explore(actor: Actor, obs: torch.Tensor) -> torch.Tensor:
 
 
 def online_step(envs: list, obs: list, actor: Actor, buffer: ReplayBuffer, observe: Callable, info: dict, device):
-    """One step in each member's online env with a sample of that member's policy, stored in the buffer; returns
-    what each env.step returns."""
+    """Step each member's online env with a sample of its policy and store the transitions; returns each env.step."""
     x = np.stack([observe(o) for o in obs])
     actor.eval()  # dropout off while acting, as IK samples actions
     actions = explore(actor, torch.as_tensor(x, device=device)[:, None]).squeeze(1).cpu().numpy()  # one row a member
     actor.train()
     results = [env.step(a) for env, a in zip(envs, actions)]
-    stored = [online_transition(*t, r[1], observe(r[0]), r[2], info) for t, r in zip(zip(x, actions), results)]
+    stored = [online_transition(x_i, a, r, observe(next_o), terminated, info)
+              for x_i, a, (next_o, r, terminated, _, _) in zip(x, actions, results)]
     buffer.add(*(np.stack(column) for column in zip(*stored)))
     return results
 
@@ -540,11 +526,11 @@ class UserError(Exception):
 
 def check_args(args: Args):
     """Refuse values the algorithm cannot use, before any heavy work."""
-    rules = [(0 < e < 1, f"--expectile must be in (0, 1), got {e}") for e in args.expectile or []]
-    rules += [(t >= 0, f"--temperature must be >= 0 (0 is behaviour cloning), got {t}") for t in args.temperature or []]
+    sweeps = {n: getattr(args, n) or [] for n in SWEEPABLE}
+    rules = [(0 < e < 1, f"--expectile must be in (0, 1), got {e}") for e in sweeps["expectile"]]
+    rules += [(t >= 0, f"--temperature must be >= 0 (0 is behaviour cloning), got {t}") for t in sweeps["temperature"]]
     rules += [(getattr(args, n) != [], f"--{n} needs at least one value") for n in SWEEPABLE]
-    rules += [(len(set(getattr(args, n) or [])) == len(getattr(args, n) or []), f"--{n} has a value twice: "
-               f"{getattr(args, n)}") for n in SWEEPABLE]
+    rules += [(len(set(v)) == len(v), f"--{n} has a value twice: {v}") for n, v in sweeps.items()]
     rules += [(args.dropout is None or 0 <= args.dropout < 1, f"--dropout must be in [0, 1), got {args.dropout}"),
               (0 <= args.gamma <= 1, f"--gamma must be in [0, 1], got {args.gamma}"),
               (0 < args.tau <= 1, f"--tau must be in (0, 1], got {args.tau}"),
@@ -553,10 +539,9 @@ def check_args(args: Args):
               (args.offline_steps + args.online_steps > 0 or args.checkpoint is not None, "--offline-steps and "
                "--online-steps are both 0: nothing to train (with --checkpoint, this evaluates the loaded model)"),
               (args.checkpoint_freq >= 0, f"--checkpoint-freq must be >= 0, got {args.checkpoint_freq}"),
-              (not args.cudagraphs or (args.cuda and torch.cuda.is_available()), "--cudagraphs needs a CUDA device"),
-              (args.checkpoint is None or Path(args.checkpoint).is_file(), f"--checkpoint {args.checkpoint}: no such "
-                                                                             "file"),
-              (args.resume is None or Path(args.resume).is_file(), f"--resume {args.resume}: no such file")]
+              (not args.cudagraphs or (args.cuda and torch.cuda.is_available()), "--cudagraphs needs a CUDA device")]
+    rules += [(getattr(args, n) is None or Path(getattr(args, n)).is_file(), f"--{n} {getattr(args, n)}: no such file")
+              for n in ("checkpoint", "resume")]
     rules += [(getattr(args, n) > 0, f"--{n.replace('_', '-')} must be positive, got {getattr(args, n)}") for n in (
         "learning_rate", "max_weight", "buffer_size", "batch_size", "eval_freq", "eval_episodes", "log_freq",
         "hidden_dim", "num_seeds")]
@@ -611,12 +596,11 @@ def resolve_dataset_ids(env_id: str) -> list[str]:
         return [f"mujoco/{m.group(1)}/{name}" for name in D4RL_TO_MINARI[m.group(2)]]
     if "/" in env_id and MINARI_ID.match(env_id):
         return [env_id]
-    raise UserError(
-        f"unknown env id '{env_id}', or a D4RL name with no Minari counterpart. Use antmaze-"
-        f"{{{','.join(ANTMAZE_MAPS)}}}-v2, maze2d-{{{','.join(POINTMAZE_MAPS)}}}-v1, "
-        f"{{{','.join(ADROIT_TASKS)}}}-{{human,cloned,expert}}-v1, "
-        "{halfcheetah,hopper,walker2d}-{medium,expert,medium-expert}-v2, or a Minari id namespace/name-vN."
-    )
+    braces = lambda names: "{" + ",".join(names) + "}"  # noqa: E731
+    raise UserError(f"unknown env id '{env_id}', or a D4RL name with no Minari counterpart. Use antmaze-"
+                    f"{braces(ANTMAZE_MAPS)}-v2, maze2d-{braces(POINTMAZE_MAPS)}-v1, {braces(ADROIT_TASKS)}-"
+                    "{human,cloned,expert}-v1, {halfcheetah,hopper,walker2d}-{medium,expert,medium-expert}-v2, "
+                    "or a Minari id namespace/name-vN.")
 
 
 def first_line(e: Exception) -> str:
@@ -721,11 +705,8 @@ def reward_scale(rewards, ends) -> float:
 
 
 def network_input(obs, goal_input: bool) -> np.ndarray:
-    """An env observation (one or a vector env's batch) as the network input: maze dicts through
-    maze_observations, flat observations as float32."""
-    if isinstance(obs, dict):
-        return maze_observations(obs, goal_input)
-    return np.asarray(obs, dtype=np.float32)
+    """An env observation (or a vector env's batch) as the network input: maze dicts through maze_observations."""
+    return maze_observations(obs, goal_input) if isinstance(obs, dict) else np.asarray(obs, dtype=np.float32)
 
 
 def read_episodes(datasets):
@@ -754,54 +735,38 @@ def check_data(data: dict, env_id: str):
 
 
 def load_data(args: Args):
-    """Load, flatten and transform the dataset(s); returns (Batch on the CPU, first dataset, info dict).
-    Mazes: rewards r - 1, terminal where r > 0 (iql_antmaze.py). Flat observations: terminals as recorded, and
-    for locomotion the reward scale 1000 / (max - min trajectory return) (iql_continuous.py). The info dict holds
-    what the online rewards need to get the same transform (see online_reward)."""
+    """Load, flatten and transform the dataset(s) as the offline scripts do (mazes: r - 1, terminal where r > 0;
+    locomotion: the reward scale); returns (Batch on the CPU, first dataset, info: what online_transition needs)."""
     dataset_ids = resolve_dataset_ids(args.env_id)
     datasets = [load_minari_dataset(i) for i in dataset_ids]
-    first = datasets[0]
-    episodes = read_episodes(datasets)
+    first, space, spec = datasets[0], datasets[0].observation_space, datasets[0].env_spec
     check_actions(first.action_space, args.env_id)
-    space = first.observation_space
-    maze = isinstance(space, gym.spaces.Dict)
-    env_name = first.env_spec.name if first.env_spec is not None else ""
+    maze, env_name = isinstance(space, gym.spaces.Dict), spec.name if spec is not None else ""
     domain, task, scale = env_domain(env_name), ENV_TO_TASK.get(env_name), 1.0
     if domain == "kitchen":
         raise UserError(f"'{args.env_id}' is a Kitchen dataset: offline only, with iql_continuous.py.")
-    if maze:
-        if not MAZE_KEYS <= set(space.spaces):
-            raise UserError(f"'{args.env_id}' has dict observations without {sorted(MAZE_KEYS)} "
-                            f"(it has {sorted(space.spaces)}): this script takes maze and flat-observation datasets.")
-        if first.env_spec is not None and first.env_spec.kwargs.get("reward_type") == "dense":
-            raise UserError(f"'{args.env_id}' has dense rewards; the maze terminal rule (r > 0 at the goal) "
-                            "needs the sparse 0/1 maze rewards that IQL's AntMaze setting uses.")
-        data = flatten_maze_episodes(episodes, args.goal_input)
-        check_data(data, args.env_id)
-    else:
-        data = flatten_episodes(episodes)
-        check_data(data, args.env_id)
-        if args.normalize_reward and domain == "locomotion":
-            scale = reward_scale(data["rewards"], data["episode_ends"])
-        data["rewards"] = data["rewards"] * np.float32(scale)
+    if maze and not MAZE_KEYS <= set(space.spaces):
+        raise UserError(f"'{args.env_id}' has dict observations without {sorted(MAZE_KEYS)} "
+                        f"(it has {sorted(space.spaces)}): this script takes maze and flat-observation datasets.")
+    if maze and spec is not None and spec.kwargs.get("reward_type") == "dense":
+        raise UserError(f"'{args.env_id}' has dense rewards; the maze terminal rule (r > 0 at the goal) "
+                        "needs the sparse 0/1 maze rewards that IQL's AntMaze setting uses.")
+    episodes = read_episodes(datasets)
+    data = flatten_maze_episodes(episodes, args.goal_input) if maze else flatten_episodes(episodes)
+    check_data(data, args.env_id)
+    if not maze and args.normalize_reward and domain == "locomotion":
+        scale = reward_scale(data["rewards"], data["episode_ends"])
+        data["rewards"] *= np.float32(scale)
     data["masks"] = 1.0 - data["terminals"].astype(np.float32)
-    batch = Batch(*(torch.from_numpy(data[k]) for k in Batch._fields))
     info = {"dataset_ids": dataset_ids, "maze": maze, "domain": domain, "task": task, "reward_scale": scale}
-    return batch, first, info
-
-
-def online_reward(reward: float, info: dict) -> float:
-    """An online reward on the dataset's scale: r - 1 on mazes (the same maze_rewards_and_terminals),
-    r * the dataset's scale elsewhere (1 unless locomotion with --normalize-reward)."""
-    if info["maze"]:
-        return float(maze_rewards_and_terminals(np.float32(reward))[0])
-    return float(reward * info["reward_scale"])
+    return Batch(*(torch.from_numpy(data[k]) for k in Batch._fields)), first, info
 
 
 def online_transition(x, action, reward: float, next_x, terminated: bool, info: dict) -> tuple:
-    """What one online step stores, in ReplayBuffer.add's order: the reward on the dataset's scale, and mask 0
-    only where the episode truly terminated (a time-limit truncation bootstraps, mask 1), as IK's fine-tuning."""
-    return x, action, online_reward(reward, info), next_x, 0.0 if terminated else 1.0
+    """An online step as ReplayBuffer.add stores it: the reward on the dataset's scale (mazes: r - 1, the same
+    maze_rewards_and_terminals), mask 0 only on a true termination (a time-limit truncation bootstraps, as in IK)."""
+    reward = maze_rewards_and_terminals(np.float32(reward))[0] if info["maze"] else reward * info["reward_scale"]
+    return x, action, float(reward), next_x, 0.0 if terminated else 1.0
 
 
 # ---- Evaluation ------------------------------------------------------------------------------------------------------
@@ -864,13 +829,11 @@ def reference_scores(dataset, env_task: Optional[str]):
 
 
 def make_envs(dataset, maze: bool, members: int, num_eval: int, render: bool = False):
-    """Each member's online env and, separately, the vector env of evaluation episodes, from the dataset's eval spec.
-    A Minari maze dataset records a continuing task of up to 1e6 steps, on some datasets with a new random goal
-    now and then: the wrong env to act in. Its eval spec has the evaluation horizon; with continuing_task=False
-    an episode ends at the goal (a true termination, info["success"]), as D4RL's AntMaze episodes do. IK acts
-    and evaluates in one env; a separate one keeps evaluation from cutting the online episodes short."""
-    spec = eval_env_spec(dataset)
-    overrides = {"continuing_task": False} if maze else {}
+    """Each member's online env and the vector env of evaluation episodes, from the dataset's eval spec: a Minari maze
+    dataset records a continuing task of up to 1e6 steps (some with new random goals), the wrong env to act in; with
+    continuing_task=False an episode ends at the goal (a termination, info["success"]), as D4RL's AntMaze episodes
+    do. IK acts and evaluates in one env; a separate one keeps evaluation from cutting online episodes short."""
+    spec, overrides = eval_env_spec(dataset), {"continuing_task": False} if maze else {}
     online = [gym.make(spec, **overrides) for _ in range(members)]
     return online, make_eval_envs(spec, num_eval, render=render, **overrides)
 
@@ -890,9 +853,8 @@ def check_video(envs, seed: int):
 # ---- Pre-trained weights: the files --save-model writes at each phase end, and --checkpoint loads --------------------
 def save_checkpoint(run_dir: Path, networks: Networks, args: Args, members: list, i: int, step: int, phase: str,
                     obs_dim: int, act_dim: int, info: dict):
-    """Member i's `{exp_name}_{phase}.pt` in its folder (the run folder itself for a single run): its networks, its
-    optimisers' state (without the member axis), the Args of its own run and how the data were scaled (not the
-    replay buffer or the env)."""
+    """Member i's `{exp_name}_{phase}.pt` in its folder: its networks and Adam state (no member axis), its own run's
+    Args and the reward scale (not the replay buffer or the env)."""
     member = members[i]
     path = (run_dir if len(members) == 1 else run_dir / member.name) / f"{args.exp_name}_{phase}.pt"
     own = replace(args, seed=member.seed, num_seeds=1, expectile=[member.expectile], temperature=[member.temperature])
@@ -904,51 +866,47 @@ def save_checkpoint(run_dir: Path, networks: Networks, args: Args, members: list
 
 
 def load_checkpoint(path: str, networks: Networks, args: Args, obs_dim: int, act_dim: int, info: dict) -> int:
-    """Load a --save-model file into every member's networks (and optimisers, where it holds their state); returns
-    the number of updates it was trained for. A file from another env or script fails here with one line."""
+    """Load a --save-model file into every member's networks (and Adam's moments, where it holds this version's);
+    returns the updates it was trained for. A file that does not fit this run fails with one line."""
     members = len(networks.expectile)
     try:
         ckpt = torch.load(path, map_location=networks.value.net[0].weight.device, weights_only=True)
     except pickle.UnpicklingError:  # more than tensors inside: a checkpoint_{step}.pt keeps random-generator states
-        raise UserError(f"{path} is not a --save-model file (a checkpoint_{{step}}.pt training state continues its "
-                        "own run with --resume)") from None
+        raise UserError(f"{path} is not a --save-model file (a checkpoint_{{step}}.pt resumes with --resume)") from None
     except Exception as e:
         raise UserError(f"cannot read checkpoint {path} as a file saved by torch.save ({first_line(e)})") from None
     if not isinstance(ckpt, dict) or not {*NETS, "obs_dim", "act_dim", "args"} <= set(ckpt):
         raise UserError(f"{path} is not a checkpoint saved with --save-model by these scripts")
-    trained = ckpt["args"].get("env_id", "?")
-    if (ckpt["obs_dim"], ckpt["act_dim"]) != (obs_dim, act_dim):
-        raise UserError(f"checkpoint {path} has input {ckpt['obs_dim']} and action {ckpt['act_dim']} (trained on "
-                        f"{trained}), but {args.env_id} needs {obs_dim} and {act_dim}: another env, or --goal-input "
-                        "differs")
-    if ckpt["args"].get("hidden_dim") != args.hidden_dim:
-        raise UserError(f"checkpoint {path} has --hidden-dim {ckpt['args'].get('hidden_dim')}, this run "
-                        f"{args.hidden_dim}: pass --hidden-dim {ckpt['args'].get('hidden_dim')}")
+    trained, hidden = ckpt["args"].get("env_id", "?"), ckpt["args"].get("hidden_dim")
     scale = ckpt.get("reward_scale", 1.0)  # an iql_antmaze.py file has none: maze rewards are not scaled
+    if (ckpt["obs_dim"], ckpt["act_dim"]) != (obs_dim, act_dim):
+        raise UserError(f"checkpoint {path} has input {ckpt['obs_dim']} and action {ckpt['act_dim']} ({trained}), "
+                        f"this run {obs_dim} and {act_dim}: another env, or --goal-input differs")
+    if hidden != args.hidden_dim:
+        raise UserError(f"checkpoint {path} has --hidden-dim {hidden}, this run {args.hidden_dim}: pass --hidden-dim "
+                        f"{hidden}")
     if not math.isclose(scale, info["reward_scale"], rel_tol=1e-6):
-        raise UserError(f"checkpoint {path} was trained on rewards scaled by {scale:.6g}, this run's are scaled by "
-                        f"{info['reward_scale']:.6g} (another dataset, or --normalize-reward differs): its Q and V "
-                        "would not fit the new targets")
+        raise UserError(f"checkpoint {path} was trained on rewards scaled by {scale:.6g}, this run's by "
+                        f"{info['reward_scale']:.6g} (another dataset, or --normalize-reward): Q and V would not fit")
     try:
         for name in NETS:
             getattr(networks, name).load_state_dict({k: torch.stack([v] * members) for k, v in ckpt[name].items()})
     except RuntimeError as e:  # e.g. a dropout layer more or less shifts the layer names
-        reason = " ".join(str(e).split())[:200]
-        raise UserError(f"checkpoint {path} does not fit these networks ({reason}); files from before the member "
-                        "axis (commit 05cdb50 or earlier) store their layers as (out, in) and do not load") from None
+        raise UserError(f"checkpoint {path} does not fit these networks ({' '.join(str(e).split())[:200]}); files from "
+                        "before the member axis (commit 05cdb50 or earlier) store layers as (out, in)") from None
     if len(ckpt.get("optimizers", [])) == len(networks.optimizers):  # the Adam moments; the rates stay this run's
         for opt, state in zip(networks.optimizers, ckpt["optimizers"]):
             state = {i: {k: v if k == "step" else torch.stack([v] * members) for k, v in s.items()}
                      for i, s in state.items()}
             opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
     else:
-        print(f"note: {path} holds no optimiser state of this version (an offline script saved it, or one from before "
-              "the actor and critics shared an Adam, commit 20bd83a or earlier): Adam starts afresh")
+        print(f"note: {path} holds no optimiser state of this version (an offline script's, or from commit 20bd83a or "
+              "earlier, before the actor and critics shared an Adam): Adam starts afresh")
     if trained != args.env_id:
         print(f"warning: checkpoint {path} was trained on {trained}, this run fine-tunes on {args.env_id}")
     if ckpt.get("phase") == "online":
-        print(f"warning: {path} was saved after online fine-tuning; its replay buffer and env were not saved, so this "
-              "starts a new online phase from its networks (a restart, not a resume)")
+        print(f"warning: {path} was saved after online fine-tuning, without its replay buffer and env: this starts a "
+              "new online phase from its networks (a restart, not a resume)")
     return int(ckpt.get("step", ckpt["args"].get("total_steps", 0)))
 
 
@@ -1105,7 +1063,7 @@ def main(args: Args):
     # Data: the dataset fills the start of the replay buffer, on the training device.
     t0 = time.time()
     data, dataset, info = load_data(args)
-    (n, obs_dim), act_dim = data.observations.shape, data.actions.shape[1]
+    (n, obs_dim), act_dim, maze = data.observations.shape, data.actions.shape[1], info["maze"]
     if info["domain"] is None:
         print(f"note: {dataset.env_spec.id if dataset.env_spec else 'this env'} is none of the known domains: "
               "the locomotion hyperparameters apply, and its rewards stay unscaled")
@@ -1113,20 +1071,17 @@ def main(args: Args):
     members = population(args)
     buffer = ReplayBuffer(data, args.buffer_size, device, len(members), args.online_steps)
     del data
+    reward_note = "rewards r - 1, terminal at the goal" if maze else f"reward scale {info['reward_scale']:.4g}"
     print(f"loaded {args.env_id} ({' + '.join(info['dataset_ids'])}): {n:,} transitions, input {obs_dim}, action "
-          f"{act_dim}, " + ("rewards r - 1, terminal at the goal" if info["maze"] else
-                            f"reward scale {info['reward_scale']:.4g}")
-          + f" ({time.time() - t0:.1f}s); replay buffer of {args.buffer_size:,} on {device}")
+          f"{act_dim}, {reward_note} ({time.time() - t0:.1f}s); replay buffer of {args.buffer_size:,} on {device}")
     if args.batch_size > n:
         raise UserError(f"--batch-size {args.batch_size} is larger than the dataset ({n} transitions)")
     print("hyperparameters:\n" + "\n".join(table))
 
-    online_envs, envs = make_envs(dataset, info["maze"], len(members), len(members) * args.eval_episodes,
-                                  render=args.capture_video)
+    online_envs, envs = make_envs(dataset, maze, len(members), len(members) * args.eval_episodes, args.capture_video)
     eval_spec = envs.envs[0].spec
-    ref_min, ref_max, ref_source = (0.0, 1.0, "100 x success rate") if info["maze"] else \
-        reference_scores(dataset, info["task"])
-    print(f"online and evaluation env: {eval_spec.id}" + (" with continuing_task=False" if info["maze"] else "")
+    ref_min, ref_max, ref_source = (0.0, 1.0, "100 x success rate") if maze else reference_scores(dataset, info["task"])
+    print(f"online and evaluation env: {eval_spec.id}" + (" with continuing_task=False" if maze else "")
           + f", at most {eval_spec.max_episode_steps} steps; normalised score from {ref_source}"
           + ("" if ref_min is not None else ": logging the return only"))
     if args.capture_video:
@@ -1139,17 +1094,18 @@ def main(args: Args):
     mode = "+".join(m for m in ("compile", "cudagraphs") if getattr(args, m)) or None
     train_step = make_train_step(lambda: buffer.sample(args.batch_size), networks, args, mode)
 
-    # Updates are counted over both phases: 1..offline_end on the dataset, then online_steps more online.
-    start, evaluations, episodes = 0, [[] for _ in members], [0] * len(members)  # evaluations: each member's (step,
-    if state is not None:  # return, normalised score, success, summary)
+    # Updates are counted over both phases: 1..offline_end on the dataset, then online_steps more online. Per member:
+    # its evaluations (step, return, normalised score, success, summary) and its online episodes so far.
+    start, evaluations, episodes = 0, [[] for _ in members], [0] * len(members)
+    if state is not None:
         start, evaluations = restore_state(state, networks, eval_rngs)
         buffer.load_state_dict(state["buffer"])
         offline_end, episodes = state["offline_end"], state["online_episodes"]
+    elif args.checkpoint:
+        start = offline_end = load_checkpoint(args.checkpoint, networks, args, obs_dim, act_dim, info)
+        print(f"loaded {args.checkpoint} ({start:,} updates): pre-training skipped (--offline-steps is not used)")
     else:
-        if args.checkpoint:
-            start = load_checkpoint(args.checkpoint, networks, args, obs_dim, act_dim, info)
-            print(f"loaded {args.checkpoint} ({start:,} updates): pre-training skipped (--offline-steps is not used)")
-        offline_end = start if args.checkpoint else args.offline_steps
+        offline_end = args.offline_steps
     end = offline_end + args.online_steps
 
     writers = make_writers(args, run_dir, start, device, {
@@ -1157,7 +1113,7 @@ def main(args: Args):
         "dataset": f"{args.env_id} -> {', '.join(info['dataset_ids'])}; {n} transitions; reward scale "
                    f"{info['reward_scale']}; scores from {ref_source}; online phase from update {offline_end}"},
         members)
-    key = 3 if info["maze"] else 2 if ref_min is not None else 1  # what a member is scored by
+    key = 3 if maze else 2 if ref_min is not None else 1  # what a member is scored by
     name = ("success rate", "normalized", "return")[3 - key]
 
     def evaluate_and_log(step: int):
@@ -1171,16 +1127,13 @@ def main(args: Args):
                        name_prefix=f"eval-step-{step}", episode_trigger=lambda _: True)
         for member, writer, r, done, member_evaluations in zip(members, writers, returns.reshape(len(members), -1),
                                                                reached.reshape(len(members), -1), evaluations):
-            writer.add_scalar("charts/episodic_return", r.mean(), step)
-            summary, score, success = f"return {r.mean():.2f}", None, None
-            if info["maze"]:
-                success = done.mean()
-                writer.add_scalar("charts/success_rate", success, step)
-                summary += f", success {success:.2f} ({done.sum()}/{len(done)})"
-            if ref_min is not None:
-                score = 100 * (success if info["maze"] else (r.mean() - ref_min) / (ref_max - ref_min))
-                writer.add_scalar("charts/normalized_score", score, step)
-                summary += f", normalized {score:.2f}"
+            success = done.mean() if maze else None
+            score = None if ref_min is None else 100 * (success if maze else (r.mean() - ref_min) / (ref_max - ref_min))
+            for tag, value in (("episodic_return", r.mean()), ("success_rate", success), ("normalized_score", score)):
+                if value is not None:
+                    writer.add_scalar(f"charts/{tag}", value, step)
+            summary = f"return {r.mean():.2f}" + (f", success {success:.2f} ({done.sum()}/{len(done)})" if maze else "")
+            summary += "" if score is None else f", normalized {score:.2f}"
             member_evaluations.append((step, r.mean(), score, success, summary))
             print(f"evaluation at step {step:,} ({'online' if step > offline_end else 'offline'}): {summary}"
                   + (f"  {member.name}" if len(members) > 1 else ""), flush=True)
@@ -1211,23 +1164,22 @@ def main(args: Args):
     # A run resumed inside the online phase starts new episodes (the simulator's state is not saved), on new seeds.
     obs = [e.reset(seed=m.seed if start <= offline_end else m.seed + start)[0] for e, m in zip(online_envs, members)]
     episode_return, episode_length = np.zeros(len(members)), np.zeros(len(members), dtype=int)
-    stop = StopSignal()
+    stop, closing = StopSignal(), (*writers, *online_envs, envs)
     for step in range(start + 1, end + 1):
         if step > offline_end:  # online: one env step per member with a sample of its policy, stored in the buffer
             results = online_step(online_envs, obs, actor, buffer, observe, info, device)
-            for i, (env, writer, (next_obs, reward, terminated, truncated, env_info)) in enumerate(
-                    zip(online_envs, writers, results)):
-                episode_return[i], episode_length[i] = episode_return[i] + reward, episode_length[i] + 1
-                if terminated or truncated:
-                    episodes[i] += 1
-                    writer.add_scalar("charts/online_return", episode_return[i], step)
-                    writer.add_scalar("charts/online_length", episode_length[i], step)
-                    writer.add_scalar("charts/online_episodes", episodes[i], step)
-                    if info["maze"]:
-                        writer.add_scalar("charts/online_success", float(env_info.get("success", False)), step)
-                    next_obs, _ = env.reset()
-                    episode_return[i], episode_length[i] = 0.0, 0
-                obs[i] = next_obs
+            obs, rewards, terminated, truncated, env_infos = map(list, zip(*results))
+            episode_return += rewards
+            episode_length += 1
+            for i in np.flatnonzero(np.logical_or(terminated, truncated)):  # log the member's episode, start another
+                episodes[i] += 1
+                logged = {"return": episode_return[i], "length": episode_length[i], "episodes": episodes[i]}
+                if maze:
+                    logged["success"] = float(env_infos[i].get("success", False))
+                for tag, value in logged.items():
+                    writers[i].add_scalar(f"charts/online_{tag}", value, step)
+                obs[i], _ = online_envs[i].reset()
+                episode_return[i], episode_length[i] = 0.0, 0
 
         metrics = train_step()
 
@@ -1245,7 +1197,6 @@ def main(args: Args):
 
         if step % args.eval_freq == 0 or step in (offline_end, end):
             evaluate_and_log(step)
-
         if step == offline_end:
             phase_change(step)
 
@@ -1255,12 +1206,12 @@ def main(args: Args):
             path = save_state(str(run_dir / f"checkpoint_{step}.pt"), step, networks, given_args, eval_rngs,
                               evaluations, extra)
             if stopping:
-                for closing in (*writers, *online_envs, envs):
-                    closing.close()
+                for x in closing:
+                    x.close()
                 stop.exit(step, path, args)
 
-    # Each member's evaluations at the phase change and at the end; its best one (selected on the evaluations
-    # themselves, so optimistic) is labelled as such.
+    # Each member's evaluations at the phase change and at the end, and its best one (selected on the evaluations
+    # themselves, so optimistic).
     for i, (member, member_evaluations) in enumerate(zip(members, evaluations)):
         at_change = next(e for e in member_evaluations if e[0] == offline_end)
         final, best = member_evaluations[-1], max(member_evaluations, key=lambda e: e[key])
@@ -1273,8 +1224,8 @@ def main(args: Args):
             save_checkpoint(run_dir, networks, args, members, i, end, "online", obs_dim, act_dim, info)
     if args.save_model and end == start and args.online_steps == 0:
         print("note: --save-model saved nothing: this run made no updates")
-    for closing in (*writers, *online_envs, envs):
-        closing.close()
+    for x in closing:
+        x.close()
 
 
 if __name__ == "__main__":
