@@ -166,8 +166,7 @@ def cosine_decay(step: int, total_steps: int) -> float:
 # M (`stack_members`). Batches are (M, batch, ...), V is (M, batch), the twin critics' Q (M, 2, batch), every loss
 # (M,). A network saved alone (--save-model, `member_state`) has no member axis.
 class Linear(nn.Linear):
-    """nn.Linear (and its init) with the weight stored as (in, out), so that members stack it to (M, in, out) and
-    run as one batched matmul: x (M, batch, in) -> (M, batch, out)."""
+    """nn.Linear (and its init), weight stored as (in, out): members stack it to (M, in, out), one batched matmul."""
 
     def __init__(self, in_dim: int, out_dim: int):
         super().__init__(in_dim, out_dim)
@@ -192,8 +191,7 @@ def mlp(in_dim: int, out_dim: int, hidden_dim: int, dropout: Optional[float] = N
 
 
 class TwinQ(nn.Module):
-    """Q1 and Q2 in one module: each layer's weights are stacked on an axis of 2 (after the member axis), so all
-    critics run as one batched matmul per layer. Returns q of shape (2, batch), or (M, 2, batch)."""
+    """Q1 and Q2 stacked on an axis of 2 (after any member axis): one batched matmul per layer; q is ([M,] 2, batch)."""
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, num_q: int = 2):
         super().__init__()
@@ -328,9 +326,8 @@ def population(args: Args) -> list[Member]:
     """Every combination of the --expectile and --temperature values, each with seeds seed, seed+1, ..."""
     members = []
     for expectile, temperature, i in itertools.product(args.expectile, args.temperature, range(args.num_seeds)):
-        name = f"seed{args.seed + i}" + (f"-expectile{expectile}" if len(args.expectile) > 1 else "")
-        members.append(Member(name + (f"-temperature{temperature}" if len(args.temperature) > 1 else ""),
-                              args.seed + i, expectile, temperature))
+        swept = "".join(f"-{k}{v}" for k, v in zip(SWEEPABLE, (expectile, temperature)) if len(getattr(args, k)) > 1)
+        members.append(Member(f"seed{args.seed + i}{swept}", args.seed + i, expectile, temperature))
     return members
 
 
@@ -461,8 +458,7 @@ def env_domain(env_name: str) -> Optional[str]:
 
 
 def with_domain_defaults(args: Args, domain: str):
-    """Fill the hyperparameters left unset (None) from DOMAIN_DEFAULTS[domain]. Returns the new Args and one
-    printable line per hyperparameter: its value and where it came from."""
+    """Fill the settings left at None from DOMAIN_DEFAULTS[domain]; returns (Args, a line per value and its source)."""
     values, lines = {}, []
     for name, default in DOMAIN_DEFAULTS[domain].items():
         given = getattr(args, name)
@@ -530,10 +526,9 @@ def load_minari_dataset(dataset_id: str):
 
 
 def maze_observations(obs: dict, goal_input: bool) -> np.ndarray:
-    """The network input: concat(achieved_goal, observation), plus desired_goal unless goal_input is False.
-    For AntMaze that is D4RL's 29-dim layout (xy first); PointMaze's observation already holds xy, so its xy
-    appears twice. Minari's maze goals can change between episodes and the rewards follow each episode's own
-    goal, so without the goal the value of a state is ambiguous."""
+    """The network input: concat(achieved_goal, observation), plus desired_goal unless goal_input is False: D4RL's
+    29-dim AntMaze layout (xy first); PointMaze's observation holds xy already, so xy appears twice. Minari's maze
+    goals change between episodes, and the rewards follow each episode's own goal: without it, values are ambiguous."""
     parts = [obs["achieved_goal"], obs["observation"]] + ([obs["desired_goal"]] if goal_input else [])
     return np.concatenate(parts, axis=-1, dtype=np.float32)
 
@@ -545,13 +540,11 @@ def maze_rewards_and_terminals(rewards: np.ndarray):
 
 
 def flatten_maze_episodes(episodes, goal_input: bool) -> dict[str, np.ndarray]:
-    """Turn Minari maze episodes (dict observations, T+1 of them) into aligned transition arrays.
-    Truncated transitions are kept: their next observation is real, so they bootstrap."""
+    """Minari maze episodes (T+1 dict observations) -> aligned transitions; truncated ones bootstrap (real next obs)."""
     parts = {k: [] for k in ("observations", "actions", "rewards", "next_observations")}
     for ep in episodes:
         obs = maze_observations(ep.observations, goal_input)
-        for key, x in (("observations", obs[:-1]), ("next_observations", obs[1:]), ("actions", ep.actions),
-                       ("rewards", ep.rewards)):
+        for key, x in zip(parts, (obs[:-1], ep.actions, ep.rewards, obs[1:])):
             parts[key].append(x)
     data = {k: np.concatenate(v, dtype=np.float32) for k, v in parts.items()}
     data["rewards"], data["terminals"] = maze_rewards_and_terminals(data["rewards"])
@@ -644,10 +637,9 @@ def record_success(reached: np.ndarray, done: np.ndarray, info: dict) -> np.ndar
 
 
 def evaluate(actor: Actor, envs: gym.vector.SyncVectorEnv, seeds: list[int], device, observe: Callable, frames=None):
-    """One full episode per env with the deterministic action; returns (returns, reached the goal) per env.
-    observe(obs) turns the vector env's observations into the network input. The vector env autoresets after an
-    episode ends, so each env's first episode is counted through a done mask. With `frames` (a list), the first
-    env's episode is rendered into it."""
+    """One full episode per env with the deterministic action; returns (returns, reached the goal) per env. observe(obs)
+    makes the network input. The vector env autoresets after an episode ends, so each env's first episode is counted
+    through a done mask. With `frames` (a list), the first env's episode is rendered into it."""
     actor.eval()  # dropout off
     obs, _ = envs.reset(seed=seeds)
     returns, reached, done = np.zeros(envs.num_envs), np.zeros(envs.num_envs, bool), np.zeros(envs.num_envs, bool)
@@ -689,8 +681,7 @@ NETS = ("actor", "critic", "target_critic", "value")
 
 def save_state(path: str, step: int, networks: Networks, args: Args, eval_rngs: list, evaluations: list,
                extra: Optional[dict] = None) -> str:
-    """All that a resumed run needs to go on exactly (and the script's `extra`), written to a temporary name and
-    then renamed: an interrupted write never leaves a broken checkpoint."""
+    """All a resumed run needs to go on exactly (and `extra`); written to path.tmp, then renamed: never half-written."""
     rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
            "eval": [rng.bit_generator.state for rng in eval_rngs]}
@@ -703,8 +694,7 @@ def save_state(path: str, step: int, networks: Networks, args: Args, eval_rngs: 
 
 
 def restore_state(state: dict, networks: Networks, eval_rngs: list) -> tuple[int, list]:
-    """Load a checkpoint (read by run_folder) into the networks, optimisers, schedule and random generators; returns
-    (step, evaluations so far)."""
+    """Put a checkpoint (read by run_folder) into networks, optimisers, schedule, RNGs; returns (step, evaluations)."""
     try:
         for name in NETS:
             getattr(networks, name).load_state_dict(state[name])
@@ -739,8 +729,7 @@ def run_folder(args: Args):
     except Exception as e:
         raise UserError(f"cannot read checkpoint {path} ({first_line(e)})") from None
     if not isinstance(state, dict) or not {"step", "args", "rng", "optimizers"} <= set(state):
-        raise UserError(f"{path} is not a checkpoint_{{step}}.pt file of this script (--save-model files do not "
-                        "resume)")
+        raise UserError(f"{path} is not a checkpoint_{{step}}.pt file of this script (--save-model files don't resume)")
     if state.get("script", script) != script:
         raise UserError(f"{path} was written by {state['script']}, not {script}: resume it with {state['script']}")
     saved, known = set(state["args"]), {f.name for f in fields(Args)}
@@ -756,9 +745,8 @@ def run_folder(args: Args):
 
 
 class StopSignal:
-    """SIGINT (Ctrl-C), SIGTERM (pre-emption) and SIGUSR1/SIGUSR2 (SLURM's `--signal`, ahead of a time limit) set a
-    flag instead of killing the run: the loop then saves a checkpoint and exits STOPPED with the command that resumes
-    it. At the last step the run simply finishes."""
+    """SIGINT (Ctrl-C), SIGTERM (pre-emption) and SIGUSR1/2 (SLURM's `--signal`, before a time limit) set a flag: the
+    loop saves a checkpoint and exits STOPPED with the command that resumes it (at the last step it just finishes)."""
 
     def __init__(self):
         self.name = None
@@ -787,8 +775,7 @@ def progress_line(step: int, total: int, rate: float, last_eval: str, members: i
 
 
 def check_finite(losses: dict, step: int, members: list):
-    """Stop a run whose losses (a value per member) became NaN or infinite, naming the member of a population
-    (checked at log steps only: no extra host sync). The whole population stops."""
+    """Stop the population on a NaN or infinite loss (per member), naming the member; log steps only (no extra sync)."""
     bad = [f"{tag} = {v}" + (f" (member {m.name})" if len(members) > 1 else "") for tag, values in losses.items()
            for m, v in zip(members, values) if not math.isfinite(v)]
     if bad:
