@@ -12,7 +12,8 @@ The update is the one of iql_continuous.py (the shared code is copied on purpose
 What differs: observations are dicts (network input = achieved_goal + observation + desired_goal), rewards are
 shifted to r - 1 with a terminal where r > 0, and evaluation runs episodic mazes scored by success rate.
 
-One update (IK `learner.py`, which interleaves the paper's Algorithm 1, V and Q, with its policy extraction):
+One update (IK `learner.py`: the policy step runs between the paper's V and Q updates, which Algorithm 1 runs
+before a separate policy extraction):
   1. V   <- expectile regression of V(s) on min(Q1_targ, Q2_targ)(s, a)
   2. pi  <- advantage-weighted regression, weights exp(temperature * (Q_targ - V_new)), clipped at 100
   3. Q   <- regression on r + gamma * mask * V_new(s')
@@ -135,7 +136,7 @@ def expectile_loss(diff: torch.Tensor, expectile) -> torch.Tensor:
 
 def awr_loss(log_prob, advantage, temperature, max_weight: float):
     """Paper eq. 7, -mean(exp(beta * A) * log pi(a|s)), with the weights clipped at max_weight (IK `actor.py`) and
-    carrying no gradient."""
+    carrying no gradient. Returns (loss, weights)."""
     weights = torch.exp(temperature * advantage.detach()).clamp(max=max_weight)
     return -(weights * log_prob).mean(-1), weights
 
@@ -166,7 +167,8 @@ def cosine_decay(step: int, total_steps: int) -> float:
 # M (`stack_members`). Batches are (M, batch, ...), V is (M, batch), the twin critics' Q (M, 2, batch), every loss
 # (M,). A network saved alone (--save-model, `member_state`) has no member axis.
 class Linear(nn.Linear):
-    """nn.Linear (and its init), weight stored as (in, out): members stack it to (M, in, out), one batched matmul."""
+    """nn.Linear (and its init), weight stored as (in, out): members stack it to (M, in, out) for one batched
+    matmul without a transpose."""
 
     def __init__(self, in_dim: int, out_dim: int):
         super().__init__(in_dim, out_dim)
@@ -326,8 +328,9 @@ def population(args: Args) -> list[Member]:
     """Every combination of the --expectile and --temperature values, each with seeds seed, seed+1, ..."""
     members = []
     for expectile, temperature, i in itertools.product(args.expectile, args.temperature, range(args.num_seeds)):
-        swept = "".join(f"-{k}{v}" for k, v in zip(SWEEPABLE, (expectile, temperature)) if len(getattr(args, k)) > 1)
-        members.append(Member(f"seed{args.seed + i}{swept}", args.seed + i, expectile, temperature))
+        name = f"seed{args.seed + i}" + (f"-expectile{expectile}" if len(args.expectile) > 1 else "")
+        members.append(Member(name + (f"-temperature{temperature}" if len(args.temperature) > 1 else ""),
+                              args.seed + i, expectile, temperature))
     return members
 
 
@@ -359,10 +362,10 @@ def make_networks(obs_dim: int, act_dim: int, args: Args, device, lr_decay_steps
 def make_train_step(sample: Callable[[], Batch], networks: Networks, args: Args, mode: Optional[str] = None):
     """step() runs update(sample()) and the actor's schedule and returns the metrics (device tensors). mode: None
     (eager), "compile" (torch.compile), "cudagraphs" (replays a captured CUDA graph) or "compile+cudagraphs"."""
-    def fn():
+    def sample_and_update():
         return update(sample(), networks, args)
 
-    fn = torch.compile(fn) if mode in ("compile", "compile+cudagraphs") else fn
+    fn = torch.compile(sample_and_update) if mode in ("compile", "compile+cudagraphs") else sample_and_update
     fn = cuda_graph(fn) if mode in ("cudagraphs", "compile+cudagraphs") else fn
 
     def step():
@@ -544,11 +547,13 @@ def flatten_maze_episodes(episodes, goal_input: bool) -> dict[str, np.ndarray]:
     parts = {k: [] for k in ("observations", "actions", "rewards", "next_observations")}
     for ep in episodes:
         obs = maze_observations(ep.observations, goal_input)
-        for key, x in zip(parts, (obs[:-1], ep.actions, ep.rewards, obs[1:])):
+        for key, x in (("observations", obs[:-1]), ("next_observations", obs[1:]), ("actions", ep.actions),
+                       ("rewards", ep.rewards)):
             parts[key].append(x)
     data = {k: np.concatenate(v, dtype=np.float32) for k, v in parts.items()}
     data["rewards"], data["terminals"] = maze_rewards_and_terminals(data["rewards"])
-    # As IK `dataset_utils.py`: actions clipped to +-(1 - 1e-5), which a tanh-squashed log-prob would need.
+    # As IK `dataset_utils.py`: actions clipped to +-(1 - 1e-5) (only a tanh-squashed log-prob needs it; kept as
+    # IK). Non-finite actions are left for check_data.
     np.clip(data["actions"], -1 + 1e-5, 1 - 1e-5, out=data["actions"], where=np.isfinite(data["actions"]))
     return data
 
@@ -719,7 +724,7 @@ def restore_state(state: dict, networks: Networks, eval_rngs: list) -> tuple[int
 
 def run_folder(args: Args):
     """(args, saved state or None, run folder). --resume continues a run in its own folder with its own settings,
-    but this command's device flags (--cuda, --compile, --cudagraphs): bit-identical on the same device."""
+    except this command's device flags (--cuda, --compile, --cudagraphs): bit-identical on the same device."""
     if not args.resume:
         name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
         return args, None, Path("runs") / name.replace("/", "-")
@@ -733,10 +738,12 @@ def run_folder(args: Args):
     if state.get("script", script) != script:
         raise UserError(f"{path} was written by {state['script']}, not {script}: resume it with {state['script']}")
     saved, known = set(state["args"]), {f.name for f in fields(Args)}
-    if saved != known or len(state["optimizers"]) != 2:
-        raise UserError(f"{path} was written by another version of {script}, which this one cannot resume (settings "
-                        f"unknown here: {sorted(saved - known)}, missing: {sorted(known - saved)}; "
-                        f"{len(state['optimizers'])} optimisers, not 2)")
+    differ = ([f"settings unknown here: {sorted(saved - known)}"] if saved - known else []) + (
+        [f"settings missing: {sorted(known - saved)}"] if known - saved else []) + (
+        [f"{len(state['optimizers'])} optimisers, not 2"] if len(state["optimizers"]) != 2 else [])
+    if differ:
+        raise UserError(f"{path} was written by another version of {script}, which this one cannot resume "
+                        f"({'; '.join(differ)})")
     args = replace(Args(**state["args"]), resume=path, cuda=args.cuda, compile=args.compile, cudagraphs=args.cudagraphs)
     check_track(args)  # the run's own settings
     print(f"resuming {Path(path).parent.name} from step {state['step']:,} with its own settings (of this command's "
@@ -822,7 +829,8 @@ def main(args: Args):
     t0 = time.time()
     data, dataset, info = load_data(args, device)  # the whole dataset lives on the training device
     (n, obs_dim), act_dim = data.observations.shape, data.actions.shape[1]
-    print(f"loaded {args.env_id} ({' + '.join(info['dataset_ids'])}): {n:,} transitions, input {obs_dim} (goal "
+    ids = "" if info["dataset_ids"] == [args.env_id] else f" ({' + '.join(info['dataset_ids'])})"
+    print(f"loaded {args.env_id}{ids}: {n:,} transitions, input {obs_dim} (goal "
           f"{'in' if args.goal_input else 'left out'}), action {act_dim}, {100 * info['goal_fraction']:.2f}% at the "
           f"goal ({time.time() - t0:.1f}s) on {device}")
     if args.batch_size > n:

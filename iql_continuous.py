@@ -7,7 +7,8 @@ Defaults follow the authors' JAX code (github.com/ikostrikov/implicit_q_learning
     python iql_continuous.py --env-id halfcheetah-medium-v2
     python iql_continuous.py --env-id pen-human-v1
 
-One update (IK `learner.py`, which interleaves the paper's Algorithm 1, V and Q, with its policy extraction):
+One update (IK `learner.py`: the policy step runs between the paper's V and Q updates, which Algorithm 1 runs
+before a separate policy extraction):
   1. V   <- expectile regression of V(s) on min(Q1_targ, Q2_targ)(s, a)
   2. pi  <- advantage-weighted regression, weights exp(temperature * (Q_targ - V_new)), clipped at 100
   3. Q   <- regression on r + gamma * mask * V_new(s')
@@ -130,7 +131,7 @@ def expectile_loss(diff: torch.Tensor, expectile) -> torch.Tensor:
 
 def awr_loss(log_prob, advantage, temperature, max_weight: float):
     """Paper eq. 7, -mean(exp(beta * A) * log pi(a|s)), with the weights clipped at max_weight (IK `actor.py`) and
-    carrying no gradient."""
+    carrying no gradient. Returns (loss, weights)."""
     weights = torch.exp(temperature * advantage.detach()).clamp(max=max_weight)
     return -(weights * log_prob).mean(-1), weights
 
@@ -161,7 +162,8 @@ def cosine_decay(step: int, total_steps: int) -> float:
 # M (`stack_members`). Batches are (M, batch, ...), V is (M, batch), the twin critics' Q (M, 2, batch), every loss
 # (M,). A network saved alone (--save-model, `member_state`) has no member axis.
 class Linear(nn.Linear):
-    """nn.Linear (and its init), weight stored as (in, out): members stack it to (M, in, out), one batched matmul."""
+    """nn.Linear (and its init), weight stored as (in, out): members stack it to (M, in, out) for one batched
+    matmul without a transpose."""
 
     def __init__(self, in_dim: int, out_dim: int):
         super().__init__(in_dim, out_dim)
@@ -321,8 +323,9 @@ def population(args: Args) -> list[Member]:
     """Every combination of the --expectile and --temperature values, each with seeds seed, seed+1, ..."""
     members = []
     for expectile, temperature, i in itertools.product(args.expectile, args.temperature, range(args.num_seeds)):
-        swept = "".join(f"-{k}{v}" for k, v in zip(SWEEPABLE, (expectile, temperature)) if len(getattr(args, k)) > 1)
-        members.append(Member(f"seed{args.seed + i}{swept}", args.seed + i, expectile, temperature))
+        name = f"seed{args.seed + i}" + (f"-expectile{expectile}" if len(args.expectile) > 1 else "")
+        members.append(Member(name + (f"-temperature{temperature}" if len(args.temperature) > 1 else ""),
+                              args.seed + i, expectile, temperature))
     return members
 
 
@@ -354,10 +357,10 @@ def make_networks(obs_dim: int, act_dim: int, args: Args, device, lr_decay_steps
 def make_train_step(sample: Callable[[], Batch], networks: Networks, args: Args, mode: Optional[str] = None):
     """step() runs update(sample()) and the actor's schedule and returns the metrics (device tensors). mode: None
     (eager), "compile" (torch.compile), "cudagraphs" (replays a captured CUDA graph) or "compile+cudagraphs"."""
-    def fn():
+    def sample_and_update():
         return update(sample(), networks, args)
 
-    fn = torch.compile(fn) if mode in ("compile", "compile+cudagraphs") else fn
+    fn = torch.compile(sample_and_update) if mode in ("compile", "compile+cudagraphs") else sample_and_update
     fn = cuda_graph(fn) if mode in ("cudagraphs", "compile+cudagraphs") else fn
 
     def step():
@@ -541,13 +544,16 @@ def flatten_episodes(episodes) -> dict[str, np.ndarray]:
     parts = {k: [] for k in ("observations", "actions", "rewards", "next_observations", "terminals", "episode_ends")}
     for ep in episodes:
         obs, n = flat_observations(ep.observations), len(ep.rewards)
-        for key, x in zip(parts, (obs[:-1], ep.actions, ep.rewards, obs[1:], ep.terminations, np.arange(n) == n - 1)):
+        for key, x in (("observations", obs[:-1]), ("next_observations", obs[1:]), ("actions", ep.actions),
+                       ("rewards", ep.rewards), ("terminals", ep.terminations),
+                       ("episode_ends", np.arange(n) == n - 1)):
             parts[key].append(x)
     data = {k: np.concatenate(parts[k], dtype=np.float32)  # casts while copying, in one pass
             for k in ("observations", "actions", "rewards", "next_observations")}
     data["terminals"] = np.concatenate(parts["terminals"]).astype(bool)
     data["episode_ends"] = np.concatenate(parts["episode_ends"])
-    # As IK `dataset_utils.py`: actions clipped to +-(1 - 1e-5), which a tanh-squashed log-prob would need.
+    # As IK `dataset_utils.py`: actions clipped to +-(1 - 1e-5) (only a tanh-squashed log-prob needs it; kept as
+    # IK). Non-finite actions are left for check_data.
     np.clip(data["actions"], -1 + 1e-5, 1 - 1e-5, out=data["actions"], where=np.isfinite(data["actions"]))
     return data
 
@@ -727,7 +733,7 @@ def restore_state(state: dict, networks: Networks, eval_rngs: list) -> tuple[int
 
 def run_folder(args: Args):
     """(args, saved state or None, run folder). --resume continues a run in its own folder with its own settings,
-    but this command's device flags (--cuda, --compile, --cudagraphs): bit-identical on the same device."""
+    except this command's device flags (--cuda, --compile, --cudagraphs): bit-identical on the same device."""
     if not args.resume:
         name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
         return args, None, Path("runs") / name.replace("/", "-")
@@ -741,10 +747,12 @@ def run_folder(args: Args):
     if state.get("script", script) != script:
         raise UserError(f"{path} was written by {state['script']}, not {script}: resume it with {state['script']}")
     saved, known = set(state["args"]), {f.name for f in fields(Args)}
-    if saved != known or len(state["optimizers"]) != 2:
-        raise UserError(f"{path} was written by another version of {script}, which this one cannot resume (settings "
-                        f"unknown here: {sorted(saved - known)}, missing: {sorted(known - saved)}; "
-                        f"{len(state['optimizers'])} optimisers, not 2)")
+    differ = ([f"settings unknown here: {sorted(saved - known)}"] if saved - known else []) + (
+        [f"settings missing: {sorted(known - saved)}"] if known - saved else []) + (
+        [f"{len(state['optimizers'])} optimisers, not 2"] if len(state["optimizers"]) != 2 else [])
+    if differ:
+        raise UserError(f"{path} was written by another version of {script}, which this one cannot resume "
+                        f"({'; '.join(differ)})")
     args = replace(Args(**state["args"]), resume=path, cuda=args.cuda, compile=args.compile, cudagraphs=args.cudagraphs)
     check_track(args)  # the run's own settings
     print(f"resuming {Path(path).parent.name} from step {state['step']:,} with its own settings (of this command's "
@@ -830,7 +838,8 @@ def main(args: Args):
     t0 = time.time()
     data, dataset, info = load_data(args, device)  # the whole dataset lives on the training device
     (n, obs_dim), act_dim = data.observations.shape, data.actions.shape[1]
-    print(f"loaded {args.env_id} ({' + '.join(info['dataset_ids'])}): {n:,} transitions, obs {obs_dim}, action "
+    ids = "" if info["dataset_ids"] == [args.env_id] else f" ({' + '.join(info['dataset_ids'])})"
+    print(f"loaded {args.env_id}{ids}: {n:,} transitions, obs {obs_dim}, action "
           f"{act_dim}, reward scale {info['reward_scale']:.4g} ({time.time() - t0:.1f}s) on {device}")
     if info["domain"] is None:
         print(f"note: {dataset.env_spec.id if dataset.env_spec else 'this env'} is none of the known domains: the "
@@ -839,7 +848,8 @@ def main(args: Args):
     print("hyperparameters:\n" + "\n".join(table))
     if args.batch_size > n:
         raise UserError(f"--batch-size {args.batch_size} is larger than the dataset ({n} transitions)")
-    members, (ref_min, ref_max, ref_source) = population(args), reference_scores(dataset, info["task"])
+    members = population(args)
+    ref_min, ref_max, ref_source = reference_scores(dataset, info["task"])
     print(f"normalised score from {ref_source}" + ("" if ref_min is not None else ": logging the return only"))
     envs = make_eval_envs(eval_env_spec(dataset), len(members) * args.eval_episodes,
                           render=args.capture_video, **(KITCHEN_EVAL if info["domain"] == "kitchen" else {}))
@@ -860,9 +870,11 @@ def main(args: Args):
     def last_evaluation():  # one run's last score, or the best and worst member's
         if not evaluations[0]:
             return "none yet"
+        if len(members) == 1:
+            e = evaluations[0][-1]
+            return f"return {e[1]:.2f}" + (f", normalized {e[2]:.2f}" if e[2] is not None else "")
         scores = sorted(e[-1][key] for e in evaluations)
-        return f"{scored} " + (f"{scores[0]:.2f}" if len(scores) == 1 else f"best member {scores[-1]:.2f}, worst "
-                               f"{scores[0]:.2f}")
+        return f"{scored} best member {scores[-1]:.2f}, worst {scores[0]:.2f}"
 
     start_time, stop = time.time(), StopSignal()
     for step in range(start + 1, args.total_steps + 1):

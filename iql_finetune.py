@@ -5,8 +5,8 @@ Kostrikov, Nair & Levine, "Offline Reinforcement Learning with Implicit Q-Learni
 (arXiv 2110.06169), section 5.3. The protocol is the authors' fine-tuning set-up (github.com/ikostrikov/
 implicit_q_learning `train_finetune.py`, "IK" below): 1M offline updates, then 1M online steps of one environment
 step and one update each, constant learning rates; expectile and temperature per domain (DOMAIN_DEFAULTS; AntMaze:
-0.9 and 10). One difference: online locomotion rewards get the dataset's reward scale; IK stores them unscaled next to
-the scaled dataset rewards (mazes: r - 1 on both, as in IK).
+0.9 and 10). A reward difference from IK: online locomotion rewards get the dataset's reward scale; IK stores them
+unscaled next to the scaled dataset rewards (mazes: r - 1 on both, as in IK).
 
     python iql_finetune.py --env-id antmaze-umaze-v2
 
@@ -150,7 +150,7 @@ def expectile_loss(diff: torch.Tensor, expectile) -> torch.Tensor:
 
 def awr_loss(log_prob, advantage, temperature, max_weight: float):
     """Paper eq. 7, -mean(exp(beta * A) * log pi(a|s)), with the weights clipped at max_weight (IK `actor.py`) and
-    carrying no gradient."""
+    carrying no gradient. Returns (loss, weights)."""
     weights = torch.exp(temperature * advantage.detach()).clamp(max=max_weight)
     return -(weights * log_prob).mean(-1), weights
 
@@ -181,7 +181,8 @@ def cosine_decay(step: int, total_steps: int) -> float:
 # M (`stack_members`). Batches are (M, batch, ...), V is (M, batch), the twin critics' Q (M, 2, batch), every loss
 # (M,). A network saved alone (--save-model, `member_state`) has no member axis.
 class Linear(nn.Linear):
-    """nn.Linear (and its init), weight stored as (in, out): members stack it to (M, in, out), one batched matmul."""
+    """nn.Linear (and its init), weight stored as (in, out): members stack it to (M, in, out) for one batched
+    matmul without a transpose."""
 
     def __init__(self, in_dim: int, out_dim: int):
         super().__init__(in_dim, out_dim)
@@ -341,8 +342,9 @@ def population(args: Args) -> list[Member]:
     """Every combination of the --expectile and --temperature values, each with seeds seed, seed+1, ..."""
     members = []
     for expectile, temperature, i in itertools.product(args.expectile, args.temperature, range(args.num_seeds)):
-        swept = "".join(f"-{k}{v}" for k, v in zip(SWEEPABLE, (expectile, temperature)) if len(getattr(args, k)) > 1)
-        members.append(Member(f"seed{args.seed + i}{swept}", args.seed + i, expectile, temperature))
+        name = f"seed{args.seed + i}" + (f"-expectile{expectile}" if len(args.expectile) > 1 else "")
+        members.append(Member(name + (f"-temperature{temperature}" if len(args.temperature) > 1 else ""),
+                              args.seed + i, expectile, temperature))
     return members
 
 
@@ -374,10 +376,10 @@ def make_networks(obs_dim: int, act_dim: int, args: Args, device, lr_decay_steps
 def make_train_step(sample: Callable[[], Batch], networks: Networks, args: Args, mode: Optional[str] = None):
     """step() runs update(sample()) and the actor's schedule and returns the metrics (device tensors). mode: None
     (eager), "compile" (torch.compile), "cudagraphs" (replays a captured CUDA graph) or "compile+cudagraphs"."""
-    def fn():
+    def sample_and_update():
         return update(sample(), networks, args)
 
-    fn = torch.compile(fn) if mode in ("compile", "compile+cudagraphs") else fn
+    fn = torch.compile(sample_and_update) if mode in ("compile", "compile+cudagraphs") else sample_and_update
     fn = cuda_graph(fn) if mode in ("cudagraphs", "compile+cudagraphs") else fn
 
     def step():
@@ -417,9 +419,10 @@ def cuda_graph(fn, warmup: int = 3):
 # ---- Fine-tuning: the replay buffer and the online step --------------------------------------------------------------
 class ReplayBuffer:
     """Transitions preallocated on the training device (IK `dataset_utils.ReplayBuffer`): the dataset once, shared by
-    all members, then `room` online rows per member, the oldest overwritten once full (IK's one ring overwrites the
-    dataset first: the same unless capacity < dataset + online steps). A member samples uniformly over the dataset and
-    its own rows; the row count lives on the device: sampling never waits for the host, and a CUDA graph sees it."""
+    all members, then `room` online rows per member (capacity - dataset, at most the online steps), the oldest
+    overwritten once full (IK's one ring overwrites the dataset first: the same unless capacity < dataset + online
+    steps). A member samples uniformly over the dataset and its own rows; the row count lives on the device: sampling
+    never waits for the host, and a CUDA graph sees it."""
 
     def __init__(self, dataset: Batch, capacity: int, device, members: int = 1, online_steps: Optional[int] = None):
         n = len(dataset.rewards)
@@ -431,7 +434,10 @@ class ReplayBuffer:
         self.n_data, self.members, self.next, self.online = n, members, 0, 0  # next: the next slot; online: rows held
         # room for the online steps a run makes, no more: the same samples, without unused rows
         self.room = capacity - n if online_steps is None else min(capacity - n, online_steps)
-        self.data = Batch(*(torch.cat([x, x.new_zeros(members * self.room, *x.shape[1:])]).to(device) for x in dataset))
+        self.data = Batch(*(torch.zeros((n + members * self.room, *x.shape[1:]), dtype=x.dtype, device=device)
+                            for x in dataset))  # allocated on the device: no host copy of the empty rows
+        for column, x in zip(self.data, dataset):
+            column[:n] = x.to(device)
         self.size = torch.tensor(n, device=device)  # the rows each member samples from
         self.offset = torch.arange(members, device=device)[:, None] * self.room  # member m's online rows: n + offset
 
@@ -592,11 +598,10 @@ def resolve_dataset_ids(env_id: str) -> list[str]:
         return [f"mujoco/{m.group(1)}/{name}" for name in D4RL_TO_MINARI[m.group(2)]]
     if "/" in env_id and MINARI_ID.match(env_id):
         return [env_id]
-    braces = lambda names: "{" + ",".join(names) + "}"  # noqa: E731
     raise UserError(f"unknown env id '{env_id}', or a D4RL name with no Minari counterpart. Use antmaze-"
-                    f"{braces(ANTMAZE_MAPS)}-v2, maze2d-{braces(POINTMAZE_MAPS)}-v1, {braces(ADROIT_TASKS)}-"
-                    "{human,cloned,expert}-v1, {halfcheetah,hopper,walker2d}-{medium,expert,medium-expert}-v2, "
-                    "or a Minari id namespace/name-vN.")
+                    f"{{{','.join(ANTMAZE_MAPS)}}}-v2, maze2d-{{{','.join(POINTMAZE_MAPS)}}}-v1, "
+                    f"{{{','.join(ADROIT_TASKS)}}}-{{human,cloned,expert}}-v1, "
+                    "{halfcheetah,hopper,walker2d}-{medium,expert,medium-expert}-v2, or a Minari id namespace/name-vN.")
 
 
 def first_line(e: Exception) -> str:
@@ -652,11 +657,13 @@ def flatten_maze_episodes(episodes, goal_input: bool) -> dict[str, np.ndarray]:
     parts = {k: [] for k in ("observations", "actions", "rewards", "next_observations")}
     for ep in episodes:
         obs = maze_observations(ep.observations, goal_input)
-        for key, x in zip(parts, (obs[:-1], ep.actions, ep.rewards, obs[1:])):
+        for key, x in (("observations", obs[:-1]), ("next_observations", obs[1:]), ("actions", ep.actions),
+                       ("rewards", ep.rewards)):
             parts[key].append(x)
     data = {k: np.concatenate(v, dtype=np.float32) for k, v in parts.items()}
     data["rewards"], data["terminals"] = maze_rewards_and_terminals(data["rewards"])
-    # As IK `dataset_utils.py`: actions clipped to +-(1 - 1e-5), which a tanh-squashed log-prob would need.
+    # As IK `dataset_utils.py`: actions clipped to +-(1 - 1e-5) (only a tanh-squashed log-prob needs it; kept as
+    # IK). Non-finite actions are left for check_data.
     np.clip(data["actions"], -1 + 1e-5, 1 - 1e-5, out=data["actions"], where=np.isfinite(data["actions"]))
     return data
 
@@ -673,13 +680,16 @@ def flatten_episodes(episodes) -> dict[str, np.ndarray]:
     parts = {k: [] for k in ("observations", "actions", "rewards", "next_observations", "terminals", "episode_ends")}
     for ep in episodes:
         obs, n = flat_observations(ep.observations), len(ep.rewards)
-        for key, x in zip(parts, (obs[:-1], ep.actions, ep.rewards, obs[1:], ep.terminations, np.arange(n) == n - 1)):
+        for key, x in (("observations", obs[:-1]), ("next_observations", obs[1:]), ("actions", ep.actions),
+                       ("rewards", ep.rewards), ("terminals", ep.terminations),
+                       ("episode_ends", np.arange(n) == n - 1)):
             parts[key].append(x)
     data = {k: np.concatenate(parts[k], dtype=np.float32)  # casts while copying, in one pass
             for k in ("observations", "actions", "rewards", "next_observations")}
     data["terminals"] = np.concatenate(parts["terminals"]).astype(bool)
     data["episode_ends"] = np.concatenate(parts["episode_ends"])
-    # As IK `dataset_utils.py`: actions clipped to +-(1 - 1e-5), which a tanh-squashed log-prob would need.
+    # As IK `dataset_utils.py`: actions clipped to +-(1 - 1e-5) (only a tanh-squashed log-prob needs it; kept as
+    # IK). Non-finite actions are left for check_data.
     np.clip(data["actions"], -1 + 1e-5, 1 - 1e-5, out=data["actions"], where=np.isfinite(data["actions"]))
     return data
 
@@ -881,7 +891,8 @@ def load_checkpoint(path: str, networks: Networks, args: Args, obs_dim: int, act
             getattr(networks, name).load_state_dict({k: torch.stack([v] * members) for k, v in ckpt[name].items()})
     except RuntimeError as e:  # e.g. a dropout layer more or less shifts the layer names
         raise UserError(f"checkpoint {path} does not fit these networks ({' '.join(str(e).split())[:200]}); files from "
-                        "before the member axis (commit 05cdb50 or earlier) store layers as (out, in)") from None
+                        "before the member axis (commit 05cdb50 or earlier) store layers as (out, in) and do not "
+                        "load") from None
     if len(ckpt.get("optimizers", [])) == len(networks.optimizers):  # the Adam moments; the rates stay this run's
         for opt, state in zip(networks.optimizers, ckpt["optimizers"]):
             state = {i: {k: v if k == "step" else torch.stack([v] * members) for k, v in s.items()}
@@ -943,7 +954,7 @@ def restore_state(state: dict, networks: Networks, eval_rngs: list) -> tuple[int
 
 def run_folder(args: Args):
     """(args, saved state or None, run folder). --resume continues a run in its own folder with its own settings,
-    but this command's device flags (--cuda, --compile, --cudagraphs): bit-identical on the same device."""
+    except this command's device flags (--cuda, --compile, --cudagraphs): bit-identical on the same device."""
     if not args.resume:
         name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
         return args, None, Path("runs") / name.replace("/", "-")
@@ -957,10 +968,12 @@ def run_folder(args: Args):
     if state.get("script", script) != script:
         raise UserError(f"{path} was written by {state['script']}, not {script}: resume it with {state['script']}")
     saved, known = set(state["args"]), {f.name for f in fields(Args)}
-    if saved != known or len(state["optimizers"]) != 2:
-        raise UserError(f"{path} was written by another version of {script}, which this one cannot resume (settings "
-                        f"unknown here: {sorted(saved - known)}, missing: {sorted(known - saved)}; "
-                        f"{len(state['optimizers'])} optimisers, not 2)")
+    differ = ([f"settings unknown here: {sorted(saved - known)}"] if saved - known else []) + (
+        [f"settings missing: {sorted(known - saved)}"] if known - saved else []) + (
+        [f"{len(state['optimizers'])} optimisers, not 2"] if len(state["optimizers"]) != 2 else [])
+    if differ:
+        raise UserError(f"{path} was written by another version of {script}, which this one cannot resume "
+                        f"({'; '.join(differ)})")
     args = replace(Args(**state["args"]), resume=path, cuda=args.cuda, compile=args.compile, cudagraphs=args.cudagraphs)
     check_track(args)  # the run's own settings
     print(f"resuming {Path(path).parent.name} from step {state['step']:,} with its own settings (of this command's "
@@ -1055,7 +1068,8 @@ def main(args: Args):
     buffer = ReplayBuffer(data, args.buffer_size, device, len(members), args.online_steps)
     del data
     reward_note = "rewards r - 1, terminal at the goal" if maze else f"reward scale {info['reward_scale']:.4g}"
-    print(f"loaded {args.env_id} ({' + '.join(info['dataset_ids'])}): {n:,} transitions, input {obs_dim}, action "
+    ids = "" if info["dataset_ids"] == [args.env_id] else f" ({' + '.join(info['dataset_ids'])})"
+    print(f"loaded {args.env_id}{ids}: {n:,} transitions, input {obs_dim}, action "
           f"{act_dim}, {reward_note} ({time.time() - t0:.1f}s); replay buffer of {args.buffer_size:,} on {device}")
     if args.batch_size > n:
         raise UserError(f"--batch-size {args.batch_size} is larger than the dataset ({n} transitions)")

@@ -44,6 +44,30 @@ def test_reward_normalisation_refuses_zero_span():
         iql.reward_scale(np.array([1.0, 2.0, 3.0]), np.array([0, 0, 1], bool))  # a single trajectory
 
 
+# --- flattening real Minari episodes ---------------------------------------------------------------
+def test_flatten_matches_raw_episodes(minari_root):
+    import minari
+
+    root, buffers = minari_root
+    raw = buffers["test/hopper/random-v0"]
+    data = iql.flatten_episodes(minari.load_dataset("test/hopper/random-v0").iterate_episodes())
+    lengths = [len(b.rewards) for b in raw]
+    assert len(data["rewards"]) == sum(lengths)
+    start = 0
+    for b, n in zip(raw, lengths):
+        obs = np.asarray(b.observations, dtype=np.float32)
+        np.testing.assert_allclose(data["observations"][start:start + n], obs[:-1])
+        np.testing.assert_allclose(data["next_observations"][start:start + n], obs[1:])  # s' of row t is s of t+1
+        np.testing.assert_allclose(data["actions"][start:start + n], np.clip(b.actions, -1 + 1e-5, 1 - 1e-5))
+        np.testing.assert_array_equal(data["terminals"][start:start + n], b.terminations)
+        assert data["episode_ends"][start + n - 1] and not data["episode_ends"][start:start + n - 1].any()
+        start += n
+    # Both kinds of episode end exist, and only terminations are terminal.
+    assert any(b.terminations[-1] for b in raw) and any(b.truncations[-1] for b in raw)
+    assert data["terminals"].sum() == sum(b.terminations[-1] for b in raw)
+    assert np.abs(data["actions"]).max() <= 1 - 1e-5
+
+
 def test_load_data_masks_scale_and_device(minari_root):
     args = iql.Args(env_id="test/hopper/random-v0")
     data, dataset, info = iql.load_data(args, torch.device("cpu"))
